@@ -1,0 +1,1 @@
+"""Hot tier: ClickHouse (embedded through chdb by default)."""

@@ -1,0 +1,247 @@
+"""Embedded hot store on chdb (ClickHouse in-process).
+
+One ``ChdbStore`` per process owns the data directory (chdb's rule). One writer thread inserts; readers may
+query concurrently on the same session.
+
+Deduplication happens here, before the insert that feeds the candle views: duplicates inside the batch are
+dropped (first occurrence wins), then the ids already stored are looked up through the primary key
+(exchange, symbol, trade_id) over the id ranges the batch covers, and only new trades are inserted.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from k2.errors import QueryFailed, RetryableStoreError, StoreError
+from k2.hot.ddl import LATEST_VERSION, MIGRATIONS, MIGRATIONS_TABLE
+from k2.hot.store import InsertResult
+
+_TRADE_COLUMNS = "exchange, symbol, native_symbol, trade_id, price, qty, side, ts, ts_recv, ingest_seq"
+#: ids of one symbol closer than this are looked up as one range
+_RANGE_GAP = 50_000
+_MAX_RANGES = 48
+
+RAW_SCHEMA = pa.schema(
+    [
+        pa.field("exchange", pa.string(), nullable=False),
+        pa.field("conn", pa.string(), nullable=False),
+        pa.field("ts_recv", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("frame", pa.string(), nullable=False),
+    ]
+)
+DEAD_SCHEMA = pa.schema(
+    [
+        pa.field("exchange", pa.string(), nullable=False),
+        pa.field("conn", pa.string(), nullable=False),
+        pa.field("ts_recv", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("frame", pa.binary(), nullable=False),
+    ]
+)
+
+
+def sql_str(value: str) -> str:
+    """A ClickHouse string literal."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _translate(exc: Exception) -> StoreError:
+    text = str(exc)
+    if "TIMEOUT_EXCEEDED" in text or "TOO_MANY_SIMULTANEOUS_QUERIES" in text or "MEMORY_LIMIT_EXCEEDED" in text:
+        return RetryableStoreError(text)
+    return StoreError(text)
+
+
+class ChdbStore:
+    def __init__(self, data_dir: str | os.PathLike[str]) -> None:
+        from chdb import session
+
+        self.path = Path(data_dir) / "hot"
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._session = session.Session(str(self.path))
+        self._lock = threading.Lock()  # serialises writes (single writer)
+        self.migrate()
+        row = self.query_arrow("SELECT max(ingest_seq) AS s, count() AS n FROM trades_store")
+        self._next_seq = (row["s"][0].as_py() + 1) if row["n"][0].as_py() else 1
+
+    # -- schema ---------------------------------------------------------------------------------------
+    def migrate(self) -> int:
+        self._exec(MIGRATIONS_TABLE)
+        done = set(self.query_arrow("SELECT version FROM k2_schema_migrations")["version"].to_pylist())
+        for version in sorted(MIGRATIONS):
+            if version in done:
+                continue
+            description, statements = MIGRATIONS[version]
+            for stmt in statements:
+                self._exec(stmt)
+            self._exec(
+                f"INSERT INTO k2_schema_migrations (version, description) VALUES ({version}, {sql_str(description)})"
+            )
+        return LATEST_VERSION
+
+    # -- writes ---------------------------------------------------------------------------------------
+    def insert_trades(self, trades: pa.Table) -> InsertResult:
+        n = trades.num_rows
+        if n == 0:
+            return InsertResult(0, 0)
+        with self._lock:
+            fresh = _dedup_in_batch(trades)
+            fresh = self._drop_stored(fresh)
+            k = fresh.num_rows
+            if k:
+                seq = pa.array(np.arange(self._next_seq, self._next_seq + k, dtype=np.uint64))
+                fresh = fresh.append_column("ingest_seq", seq)
+                self._insert_arrow(f"INSERT INTO trades_store ({_TRADE_COLUMNS})", fresh)
+                self._next_seq += k
+            return InsertResult(k, n - k)
+
+    def insert_raw(self, frames: pa.Table) -> None:
+        if frames.num_rows:
+            with self._lock:
+                self._insert_arrow("INSERT INTO raw_frames (exchange, conn, ts_recv, frame)", frames)
+
+    def insert_dead_letters(self, dead: pa.Table) -> None:
+        if dead.num_rows:
+            with self._lock:
+                self._insert_arrow("INSERT INTO dead_letters_store (exchange, conn, ts_recv, reason, frame)", dead)
+
+    def _drop_stored(self, batch: pa.Table) -> pa.Table:
+        conds = []
+        values, codes = _pair_codes(batch)
+        tid = batch.column("trade_id").to_numpy()
+        for code, pair in enumerate(values):
+            e, s = pair.split(_SEP, 1)
+            for lo, hi in _ranges(np.sort(tid[codes == code])):
+                conds.append(
+                    f"(exchange = {sql_str(e)} AND symbol = {sql_str(s)} AND trade_id BETWEEN {lo} AND {hi})"
+                )
+        existing = self.query_arrow(
+            "SELECT exchange, symbol, trade_id FROM trades_store WHERE " + " OR ".join(conds)
+        )
+        if existing.num_rows == 0:
+            return batch
+        existing = existing.cast(
+            pa.schema([("exchange", pa.string()), ("symbol", pa.string()), ("trade_id", pa.uint64())])
+        )
+        indexed = batch.append_column("_row", pa.array(np.arange(batch.num_rows, dtype=np.int64)))
+        keep = indexed.select(["exchange", "symbol", "trade_id", "_row"]).join(
+            existing, keys=["exchange", "symbol", "trade_id"], join_type="left anti"
+        )
+        rows = np.sort(keep.column("_row").to_numpy())
+        return batch.take(pa.array(rows))
+
+    def _insert_arrow(self, statement: str, table: pa.Table) -> None:
+        sink = io.BytesIO()
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        try:
+            inserter = self._session.send_insert(statement, "ArrowStream")
+            inserter.append(sink.getvalue())
+            inserter.finish()
+        except Exception as exc:  # chdb raises RuntimeError and friends
+            raise _translate(exc) from exc
+
+    # -- reads ----------------------------------------------------------------------------------------
+    def _exec(self, sql: str) -> None:
+        try:
+            self._session.query(sql, "TabSeparated")
+        except Exception as exc:
+            raise _translate(exc) from exc
+
+    def execute(self, sql: str) -> None:
+        """Trusted internal statement (DDL, maintenance). Never reached by user SQL."""
+        with self._lock:
+            self._exec(sql)
+
+    def query_arrow(self, sql: str) -> pa.Table:
+        try:
+            return self._session.query(sql, "ArrowTable")
+        except Exception as exc:
+            raise QueryFailed(_clean(str(exc))) from exc
+
+    def query_text(self, sql: str, fmt: str) -> str:
+        try:
+            res = self._session.query(sql, fmt)
+        except Exception as exc:
+            self._clear()
+            raise QueryFailed(_clean(str(exc))) from exc
+        return res.bytes().decode("utf-8", "replace") if hasattr(res, "bytes") else str(res)
+
+    def _clear(self) -> None:
+        # chdb was seen returning a failed query's leftover result to the next query (engine-notes.md)
+        try:
+            self._session.query("SELECT 1", "TabSeparated")
+        except Exception:
+            pass
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None  # type: ignore[assignment]
+
+    def __enter__(self) -> "ChdbStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _clean(text: str) -> str:
+    text = text.strip()
+    for marker in ("Stack trace", "\n0. "):
+        if marker in text:
+            text = text.split(marker, 1)[0].strip()
+    return text
+
+
+_SEP = "\x1f"
+
+
+def _pair_codes(batch: pa.Table) -> tuple[list[str], np.ndarray]:
+    """Distinct 'exchange<US>symbol' strings of a batch and each row's index into them."""
+    pair = pc.binary_join_element_wise(batch.column("exchange"), batch.column("symbol"), _SEP)
+    enc = pc.dictionary_encode(pair)
+    if isinstance(enc, pa.ChunkedArray):
+        enc = enc.combine_chunks() if enc.num_chunks != 1 else enc.chunk(0)
+        if isinstance(enc, pa.ChunkedArray):
+            enc = enc.chunk(0)
+    if enc.dictionary.type != pa.string():
+        pass
+    return enc.dictionary.to_pylist(), enc.indices.to_numpy(zero_copy_only=False)
+
+
+def _dedup_in_batch(batch: pa.Table) -> pa.Table:
+    """Keep the first occurrence of each (exchange, symbol, trade_id) in the batch."""
+    n = batch.num_rows
+    if n < 2:
+        return batch
+    _, codes = _pair_codes(batch)
+    tid = batch.column("trade_id").to_numpy()
+    order = np.lexsort((np.arange(n), tid, codes))
+    c, t = codes[order], tid[order]
+    dup = (c[1:] == c[:-1]) & (t[1:] == t[:-1])
+    if not dup.any():
+        return batch
+    keep = np.ones(n, dtype=bool)
+    keep[order[1:][dup]] = False
+    return batch.filter(pa.array(keep))
+
+
+def _ranges(ids: np.ndarray) -> list[tuple[int, int]]:
+    """Cover sorted ids with at most ``_MAX_RANGES`` [lo, hi] ranges, splitting at the widest gaps."""
+    if len(ids) == 0:
+        return []
+    gaps = np.diff(ids.astype(np.int64) if ids.max() < 2**63 else ids.astype(np.float64))
+    cut = np.flatnonzero(gaps > _RANGE_GAP)
+    if len(cut) >= _MAX_RANGES:
+        cut = np.sort(cut[np.argsort(gaps[cut])[-(_MAX_RANGES - 1) :]])
+    starts = np.concatenate(([0], cut + 1))
+    ends = np.concatenate((cut, [len(ids) - 1]))
+    return [(int(ids[s]), int(ids[e])) for s, e in zip(starts, ends)]

@@ -1,0 +1,158 @@
+"""Versioned DDL of the hot store. Plain ClickHouse SQL: the same statements run on a ClickHouse server.
+
+Layers:
+  raw_frames          every frame as received (audit, re-processing); duplicates collapse on merge
+  dead_letters_store  frames that failed to parse or validate, with the reason
+  trades_store        deduplicated trades. Dedup on (exchange, symbol, trade_id) happens in the writer
+                      *before* the insert, because a materialized view sees every inserted block.
+  ohlcv_<tf>_store    candle states (AggregatingMergeTree). 1m is built from trades; 5m..1d from the
+                      1m blocks (a cascade: the coarser views aggregate a few thousand 1m rows per insert
+                      instead of every trade again). open/close are argMin/argMax states keyed on
+                      (ts, trade_id), so merges never make them arbitrary.
+Public views: trades, ohlcv_1m ... ohlcv_1d, dead_letters.
+
+Migrations are append-only: never edit a released one, add the next version.
+"""
+
+from __future__ import annotations
+
+DEC = "Decimal(38, 18)"
+QDEC = "Decimal(76, 36)"
+TS = "DateTime64(6, 'UTC')"
+
+#: (name, interval SQL, source) in cascade order.
+TIMEFRAMES: list[tuple[str, str, int]] = [
+    ("1m", "INTERVAL 1 MINUTE", 60),
+    ("5m", "INTERVAL 5 MINUTE", 300),
+    ("15m", "INTERVAL 15 MINUTE", 900),
+    ("30m", "INTERVAL 30 MINUTE", 1800),
+    ("1h", "INTERVAL 1 HOUR", 3600),
+    ("1d", "INTERVAL 1 DAY", 86400),
+]
+TIMEFRAME_SECONDS = {name: sec for name, _, sec in TIMEFRAMES}
+
+
+def _candle_store(name: str) -> str:
+    return f"""CREATE TABLE IF NOT EXISTS ohlcv_{name}_store (
+    exchange LowCardinality(String),
+    symbol LowCardinality(String),
+    bucket DateTime('UTC'),
+    open AggregateFunction(argMin, {DEC}, Tuple({TS}, UInt64)),
+    high SimpleAggregateFunction(max, {DEC}),
+    low SimpleAggregateFunction(min, {DEC}),
+    close AggregateFunction(argMax, {DEC}, Tuple({TS}, UInt64)),
+    volume SimpleAggregateFunction(sum, {DEC}),
+    quote_volume SimpleAggregateFunction(sum, {QDEC}),
+    trade_count SimpleAggregateFunction(sum, UInt64)
+) ENGINE = AggregatingMergeTree
+PARTITION BY toYYYYMM(bucket)
+ORDER BY (exchange, symbol, bucket)"""
+
+
+def _candle_mv(name: str, interval: str) -> str:
+    if name == "1m":
+        return f"""CREATE MATERIALIZED VIEW IF NOT EXISTS ohlcv_1m_mv TO ohlcv_1m_store AS
+SELECT exchange, symbol,
+    toStartOfMinute(toDateTime(ts, 'UTC')) AS bucket,
+    argMinState(price, (ts, trade_id)) AS open,
+    max(price) AS high,
+    min(price) AS low,
+    argMaxState(price, (ts, trade_id)) AS close,
+    sum(qty) AS volume,
+    sum(CAST(price AS {QDEC}) * qty) AS quote_volume,
+    toUInt64(count()) AS trade_count
+FROM trades_store
+GROUP BY exchange, symbol, bucket"""
+    return f"""CREATE MATERIALIZED VIEW IF NOT EXISTS ohlcv_{name}_mv TO ohlcv_{name}_store AS
+SELECT exchange, symbol,
+    toDateTime(toStartOfInterval(bucket, {interval}), 'UTC') AS bucket,
+    argMinMergeState(open) AS open,
+    max(high) AS high,
+    min(low) AS low,
+    argMaxMergeState(close) AS close,
+    sum(volume) AS volume,
+    sum(quote_volume) AS quote_volume,
+    sum(trade_count) AS trade_count
+FROM ohlcv_1m_store
+GROUP BY exchange, symbol, bucket"""
+
+
+def _candle_view(name: str) -> str:
+    return f"""CREATE VIEW IF NOT EXISTS ohlcv_{name} AS
+SELECT exchange, symbol, bucket, open, high, low, close, volume, quote_volume,
+    CAST(quote_volume / volume AS {DEC}) AS vwap,
+    trade_count
+FROM (
+    SELECT exchange, symbol, bucket,
+        argMinMerge(open) AS open,
+        max(high) AS high,
+        min(low) AS low,
+        argMaxMerge(close) AS close,
+        sum(volume) AS volume,
+        sum(quote_volume) AS quote_volume,
+        sum(trade_count) AS trade_count
+    FROM ohlcv_{name}_store
+    GROUP BY exchange, symbol, bucket
+)"""
+
+
+V1: list[str] = [
+    f"""CREATE TABLE IF NOT EXISTS raw_frames (
+    exchange LowCardinality(String),
+    conn String CODEC(ZSTD(1)),
+    ts_recv {TS} CODEC(Delta, ZSTD(1)),
+    frame String CODEC(ZSTD(3)),
+    frame_hash UInt64 DEFAULT cityHash64(frame)
+) ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMM(ts_recv)
+ORDER BY (exchange, ts_recv, frame_hash)""",
+    f"""CREATE TABLE IF NOT EXISTS dead_letters_store (
+    exchange LowCardinality(String),
+    conn String,
+    ts_recv {TS},
+    reason String,
+    frame String CODEC(ZSTD(3)),
+    frame_hash UInt64 DEFAULT cityHash64(frame),
+    recorded_at {TS} DEFAULT now64(6, 'UTC')
+) ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMM(ts_recv)
+ORDER BY (exchange, ts_recv, frame_hash, reason)""",
+    f"""CREATE TABLE IF NOT EXISTS trades_store (
+    exchange LowCardinality(String),
+    symbol LowCardinality(String),
+    native_symbol LowCardinality(String),
+    trade_id UInt64 CODEC(Delta, ZSTD(1)),
+    price {DEC} CODEC(ZSTD(1)),
+    qty {DEC} CODEC(ZSTD(1)),
+    side Enum8('buy' = 1, 'sell' = 2),
+    ts {TS} CODEC(Delta, ZSTD(1)),
+    ts_recv {TS} CODEC(Delta, ZSTD(1)),
+    ingest_seq UInt64 CODEC(Delta, ZSTD(1)),
+    INDEX ts_minmax ts TYPE minmax GRANULARITY 1,
+    INDEX seq_minmax ingest_seq TYPE minmax GRANULARITY 1
+) ENGINE = MergeTree
+PARTITION BY toYYYYMM(ts)
+ORDER BY (exchange, symbol, trade_id)""",
+    *[_candle_store(name) for name, _, _ in TIMEFRAMES],
+    *[_candle_mv(name, interval) for name, interval, _ in TIMEFRAMES],
+    """CREATE VIEW IF NOT EXISTS trades AS
+SELECT exchange, symbol, trade_id, price, qty, side, ts, ts_recv, native_symbol, ingest_seq
+FROM trades_store""",
+    *[_candle_view(name) for name, _, _ in TIMEFRAMES],
+    """CREATE VIEW IF NOT EXISTS dead_letters AS
+SELECT exchange, conn, ts_recv, reason, frame, recorded_at
+FROM dead_letters_store FINAL""",
+]
+
+#: version -> (description, statements). Append only.
+MIGRATIONS: dict[int, tuple[str, list[str]]] = {
+    1: ("raw frames, dead letters, deduplicated trades, cascaded OHLCV candles, public views", V1),
+}
+
+MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS k2_schema_migrations (
+    version UInt32,
+    description String,
+    applied_at DateTime64(6, 'UTC') DEFAULT now64(6, 'UTC')
+) ENGINE = MergeTree ORDER BY version"""
+
+LATEST_VERSION = max(MIGRATIONS)

@@ -1,0 +1,36 @@
+"""The hot store seam. ``ChdbStore`` (embedded ClickHouse) is the default implementation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import pyarrow as pa
+
+
+@dataclass(frozen=True)
+class InsertResult:
+    inserted: int
+    duplicates: int
+
+
+class HotStore(Protocol):
+    def migrate(self) -> int:
+        """Create or upgrade the schema; idempotent. Returns the schema version."""
+        ...
+
+    def insert_trades(self, trades: pa.Table) -> InsertResult:
+        """Store trades not stored yet (dedup on exchange, symbol, trade_id). Single writer."""
+        ...
+
+    def insert_raw(self, frames: pa.Table) -> None: ...
+
+    def insert_dead_letters(self, dead: pa.Table) -> None: ...
+
+    def query_arrow(self, sql: str) -> pa.Table:
+        """Trusted internal query (no read-only guard)."""
+        ...
+
+    def query_text(self, sql: str, fmt: str) -> str: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,137 @@
+"""The hot writer: consumes ingest batches from the bus and stores them.
+
+Small batches are coalesced (by rows and age) because every insert costs a fixed ~12 ms in chdb. A batch is
+acknowledged on the bus only after the store holds it. Retryable store errors are retried with backoff;
+anything else stops the writer and is reported to whoever waits on it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from k2.bus.base import Bus, IngestBatch
+from k2.errors import StoreError
+from k2.hot.store import HotStore
+
+
+@dataclass
+class WriterStats:
+    batches: int = 0
+    frames: int = 0
+    raw_frames: int = 0
+    trades_in: int = 0
+    trades_stored: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+    control: int = 0
+    ignored: int = 0
+    inserts: int = 0
+
+
+class HotWriter:
+    def __init__(
+        self,
+        store: HotStore,
+        bus: Bus,
+        *,
+        max_rows: int = 500_000,
+        max_delay: float = 0.25,
+        store_raw: bool = True,
+        retries: int = 5,
+    ) -> None:
+        self.store = store
+        self.bus = bus
+        self.max_rows = max_rows
+        self.max_delay = max_delay
+        self.store_raw = store_raw
+        self.retries = retries
+        self.stats = WriterStats()
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="k2-hot-writer", daemon=True)
+        self._lock = threading.Lock()
+
+    def start(self) -> "HotWriter":
+        self._thread.start()
+        return self
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+        if self.error is not None:
+            raise self.error
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                first = self.bus.consume(timeout=0.5)
+                if first is None:
+                    if getattr(self.bus, "drained", False):
+                        return
+                    continue
+                group = [first]
+                rows = first.trades.num_rows + first.raw.num_rows
+                deadline = time.monotonic() + self.max_delay
+                while rows < self.max_rows:
+                    left = deadline - time.monotonic()
+                    nxt = self.bus.consume(timeout=max(left, 0.0)) if left > 0 else self.bus.consume(timeout=0.0)
+                    if nxt is None:
+                        break
+                    group.append(nxt)
+                    rows += nxt.trades.num_rows + nxt.raw.num_rows
+                self._store(group)
+                for b in group:
+                    self.bus.ack(b)
+        except BaseException as exc:  # reported through join()
+            self.error = exc
+            # keep draining so a publisher blocked on a full bus is released; it sees ``error`` and stops
+            while not getattr(self.bus, "drained", True):
+                self.bus.consume(timeout=0.1)
+
+    def _store(self, group: list[IngestBatch]) -> None:
+        raw = _concat([b.raw for b in group])
+        dead = _concat([b.dead for b in group])
+        trades = _concat([b.trades for b in group])
+        if self.store_raw and raw.num_rows:
+            self._retry(self.store.insert_raw, raw)
+        if dead.num_rows:
+            self._retry(self.store.insert_dead_letters, dead)
+        res = self._retry(self.store.insert_trades, trades) if trades.num_rows else None
+        with self._lock:
+            s = self.stats
+            s.batches += len(group)
+            s.inserts += 1
+            s.frames += sum(b.frames for b in group)
+            s.raw_frames += raw.num_rows if self.store_raw else 0
+            s.control += sum(b.control for b in group)
+            s.ignored += sum(b.ignored for b in group)
+            s.dead_letters += dead.num_rows
+            s.trades_in += trades.num_rows
+            if res is not None:
+                s.trades_stored += res.inserted
+                s.duplicates += res.duplicates
+
+    def _retry(self, fn, arg):
+        delay = 0.1
+        for attempt in range(self.retries + 1):
+            try:
+                return fn(arg)
+            except StoreError as exc:
+                if not exc.retryable or attempt == self.retries:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        return None
+
+
+def _concat(tables: list[pa.Table]) -> pa.Table:
+    tables = [t for t in tables if t.num_rows] or tables[:1]
+    if len(tables) == 1:
+        return tables[0]
+    return pa.concat_tables(tables)

@@ -1,0 +1,1 @@
+"""Wiring: parsers -> bus -> hot writer -> store."""

@@ -1,0 +1,68 @@
+"""Turning parsed frames into ingest batches (shared by replay and, later, the live feeds)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from k2.bus.base import IngestBatch
+from k2.hot.chdb_store import DEAD_SCHEMA, RAW_SCHEMA
+from k2.model.trade import TRADE_SCHEMA, TS_TYPE
+from k2.venues.base import ParseResult
+
+
+def _to_bytes(frame: str | bytes) -> bytes:
+    return frame if isinstance(frame, bytes) else frame.encode("utf-8", "surrogateescape")
+
+
+def raw_table(exchange: str, frames: Sequence[str], ts_recv: Sequence[int], conn: Sequence[str]) -> pa.Table:
+    n = len(frames)
+    return pa.Table.from_arrays(
+        [
+            pa.repeat(pa.scalar(exchange, pa.string()), n),
+            pa.array(conn, pa.string()),
+            pa.array(np.asarray(ts_recv, dtype=np.int64), pa.int64()).cast(TS_TYPE),
+            pa.array(frames, pa.string()),
+        ],
+        schema=RAW_SCHEMA,
+    )
+
+
+def dead_table(rows: list[tuple[str, str, int, str, str | bytes]]) -> pa.Table:
+    """rows of (exchange, conn, ts_recv µs, reason, frame)."""
+    if not rows:
+        return DEAD_SCHEMA.empty_table()
+    ex, conn, ts, reason, frame = zip(*rows)
+    return pa.Table.from_arrays(
+        [
+            pa.array(ex, pa.string()),
+            pa.array(conn, pa.string()),
+            pa.array(ts, pa.int64()).cast(TS_TYPE),
+            pa.array(reason, pa.string()),
+            pa.array([_to_bytes(f) for f in frame], pa.binary()),
+        ],
+        schema=DEAD_SCHEMA,
+    )
+
+
+def build_batch(
+    exchange: str,
+    frames: Sequence[str],
+    ts_recv: Sequence[int],
+    conn: Sequence[str],
+    result: ParseResult,
+    extra_dead: list[tuple[str, str, int, str, str | bytes]] | None = None,
+) -> IngestBatch:
+    dead_rows = [(exchange, conn[i], ts_recv[i], reason, frames[i]) for i, reason in result.dead]
+    if extra_dead:
+        dead_rows.extend(extra_dead)
+    return IngestBatch(
+        raw=raw_table(exchange, frames, ts_recv, conn),
+        trades=result.trades if result.trades is not None else TRADE_SCHEMA.empty_table(),
+        dead=dead_table(dead_rows),
+        frames=len(frames),
+        control=result.control,
+        ignored=result.ignored,
+    )

@@ -1,0 +1,1 @@
+"""Exchange adapters. ``parse`` functions are pure: frame text + receive time in, normalized trades out."""

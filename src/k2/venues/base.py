@@ -1,0 +1,289 @@
+"""What every venue parser shares: the parse result, and the one place trade columns are validated.
+
+A parser decodes each frame with msgspec structs (fast path), recognises control frames, and hands raw trade
+columns to :func:`finalize_trades`, which converts them to exact Arrow columns in a few vectorized passes
+and sends every row that fails a check to the dead letters with a reason. No per-trade ``Decimal`` or dict
+is built on the fast path.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Protocol
+
+import msgspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from k2.model.instrument import Instrument
+from k2.model.trade import DEC_SCALE, DECIMAL_TYPE, TRADE_SCHEMA, TS_TYPE
+
+#: Earliest plausible exchange trade time (2009-01-03, the Bitcoin genesis block), in µs.
+MIN_TS_US = 1_230_940_800_000_000
+#: A trade time may run ahead of the local receive clock by this much (clock skew) before it is refused.
+MAX_AHEAD_US = 86_400_000_000
+#: Receive times outside [2009-01-03, 2200-01-01) are refused.
+MAX_TS_RECV_US = 7_258_118_400_000_000
+
+_ZERO = pa.scalar(Decimal(0), DECIMAL_TYPE)
+_SIDES = pa.array(["buy", "sell"])
+
+
+class ControlEvent(msgspec.Struct, frozen=True):
+    """A recognised non-trade frame: what the session loop reacts to (acks, heartbeats, shutdown...)."""
+
+    index: int
+    kind: str  # ack | subscribe_error | heartbeat | status | pong | shutdown | error | ping
+    detail: dict = {}
+
+
+@dataclass
+class ParseResult:
+    trades: pa.Table
+    dead: list[tuple[int, str]] = field(default_factory=list)  # (frame index, reason)
+    events: list[ControlEvent] = field(default_factory=list)
+    trade_frames: int = 0
+    control: int = 0  # acks, heartbeats, status, pongs, exchange error messages, shutdown notices
+    ignored: int = 0  # well-formed frames of types K2 does not store (aggTrade, unknown channels)
+
+    def merge_counts(self, other: "ParseResult") -> None:
+        self.trade_frames += other.trade_frames
+        self.control += other.control
+        self.ignored += other.ignored
+
+
+class VenueParser(Protocol):
+    """Pure frame parser of one exchange."""
+
+    exchange: str
+
+    def parse(self, frames: Sequence[str | bytes], ts_recv: Sequence[int]) -> ParseResult:
+        """Parse a batch of frames received at ``ts_recv`` (µs each). Never raises on bad input."""
+        ...
+
+
+@dataclass
+class RawTrades:
+    """Trade columns as the wire gave them, one entry per trade, before conversion and checks."""
+
+    index: list[int] = field(default_factory=list)  # frame index of each trade
+    native: list = field(default_factory=list)
+    trade_id: list = field(default_factory=list)
+    price: list = field(default_factory=list)  # str or Decimal
+    qty: list = field(default_factory=list)
+    side: list | None = None  # aggressor side text, or None when ``sell`` is given
+    sell: list | None = None  # True when the aggressor sold
+    ts: list = field(default_factory=list)  # int µs, or RFC3339 text when ``ts_text``
+    ts_text: bool = False
+
+
+def decimal_reason(value: object) -> str:
+    """Why a wire value is not an acceptable price or quantity ('' when it is)."""
+    if isinstance(value, bool) or value is None:
+        return f"not a decimal ({value!r})"
+    try:
+        d = value if isinstance(value, Decimal) else Decimal(str(value).strip() if isinstance(value, str) else value)
+    except (InvalidOperation, ValueError, TypeError):
+        return f"not a decimal ({value!r})"
+    if not d.is_finite():
+        return f"not a finite decimal ({value!r})"
+    if d <= 0:
+        return f"not positive ({value!r})"
+    exp = d.normalize().as_tuple().exponent
+    if isinstance(exp, int) and -exp > DEC_SCALE:
+        return f"more than {DEC_SCALE} decimal places ({value!r})"
+    if d >= Decimal(10) ** (38 - DEC_SCALE):
+        return f"too large ({value!r})"
+    if isinstance(value, str) and value != value.strip():
+        return f"not a decimal ({value!r})"
+    return ""
+
+
+def _decimal_column(values: list, name: str, bad: dict[int, str]) -> pa.Array:
+    """Exact decimal128 column; rows that do not convert get a reason in ``bad`` and a placeholder."""
+    try:
+        if values and isinstance(values[0], str):
+            arr = pc.cast(pa.array(values, pa.string()), DECIMAL_TYPE)
+        else:
+            arr = pa.array(values, DECIMAL_TYPE)
+        if arr.null_count == 0:
+            return arr
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError, InvalidOperation):
+        pass
+    out = []
+    for i, v in enumerate(values):
+        why = decimal_reason(v)
+        if why:
+            bad.setdefault(i, f"{name}: {why}")
+            out.append(Decimal(1))
+        else:
+            out.append(Decimal(v.strip()) if isinstance(v, str) else Decimal(v))
+    return pa.array(out, DECIMAL_TYPE)
+
+
+def _int_column(values, name: str, typ: pa.DataType, bad: dict[int, str]) -> pa.Array:
+    if isinstance(values, np.ndarray):
+        return pa.array(values, typ)
+    try:
+        if all(type(v) is int for v in values):  # noqa: E721 - bools are not ids
+            return pa.array(values, typ)
+    except (pa.ArrowInvalid, OverflowError):
+        pass
+    out = []
+    lo, hi = (0, 2**64 - 1) if typ == pa.uint64() else (-(2**63), 2**63 - 1)
+    for i, v in enumerate(values):
+        if type(v) is int and lo <= v <= hi:
+            out.append(v)
+        else:
+            bad.setdefault(i, f"{name}: not an integer in range ({v!r})")
+            out.append(0)
+    return pa.array(out, typ)
+
+
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})\Z")
+
+
+def rfc3339_to_us(values: list, bad: dict[int, str]) -> pa.Array:
+    """RFC3339 text -> int64 µs since the epoch, extra fractional digits truncated (not rounded)."""
+    strs = values if all(isinstance(v, str) for v in values) else None
+    if strs is not None:
+        try:
+            ns = pc.cast(pc.cast(pa.array(strs, pa.string()), pa.timestamp("ns", tz="UTC")), pa.int64())
+            if ns.null_count == 0 and all(_RFC3339.match(s) for s in _sample(strs)):
+                return _ns_to_us(ns)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass
+    out = []
+    for i, v in enumerate(values):
+        if isinstance(v, str) and _RFC3339.match(v):
+            try:
+                ns = pc.cast(pc.cast(pa.array([v]), pa.timestamp("ns", tz="UTC")), pa.int64())[0].as_py()
+                out.append(ns // 1000)
+                continue
+            except (pa.ArrowInvalid, OverflowError):
+                pass
+        bad.setdefault(i, f"timestamp: not an RFC3339 UTC time ({v!r})")
+        out.append(0)
+    return pa.array(out, pa.int64())
+
+
+def _sample(strs: list[str]) -> list[str]:
+    # Arrow's ISO-8601 parser is laxer than RFC3339 (it accepts a space or no zone); check the shape of a
+    # spread of rows cheaply, and all rows when the batch is small.
+    if len(strs) <= 64:
+        return strs
+    step = len(strs) // 32
+    return strs[::step]
+
+
+def _ns_to_us(ns: pa.Array) -> pa.Array:
+    arr = ns.to_numpy(zero_copy_only=False)
+    return pa.array(np.floor_divide(arr, 1000), pa.int64())
+
+
+def finalize_trades(
+    exchange: str,
+    wire_map: dict[str, Instrument],
+    raw: RawTrades,
+    ts_recv: Sequence[int],
+    result: ParseResult,
+) -> None:
+    """Convert raw columns to a :data:`TRADE_SCHEMA` table; failed rows become dead letters.
+
+    A frame holding several trades keeps its good trades; the frame itself is dead-lettered with the
+    reason of its first bad trade.
+    """
+    n = len(raw.index)
+    if n == 0:
+        result.trades = TRADE_SCHEMA.empty_table()
+        return
+    bad: dict[int, str] = {}
+    index = np.asarray(raw.index, dtype=np.int64)
+    recv = np.asarray(ts_recv, dtype=np.int64)[index]
+
+    # instruments: map the few distinct wire symbols once, then gather
+    natives = raw.native
+    uniq = set(natives)
+    known = [s for s in uniq if isinstance(s, str) and s in wire_map]
+    if len(known) != len(uniq):
+        for i, s in enumerate(natives):
+            if not (isinstance(s, str) and s in wire_map):
+                bad.setdefault(i, f"unknown instrument {s!r}")
+    key_arr = pa.array(known, pa.string())
+    if all(isinstance(s, str) for s in natives):
+        native_arr = pa.array(natives, pa.string())
+    else:
+        native_arr = pa.array([s if isinstance(s, str) else "" for s in natives], pa.string())
+    pos = pc.index_in(native_arr, value_set=key_arr)
+    canon = pa.array([wire_map[s].symbol for s in known], pa.string())
+    symbol = pc.take(canon, pos)
+    native_out = pc.take(pa.array([wire_map[s].native_symbol for s in known], pa.string()), pos)
+
+    trade_id = _int_column(raw.trade_id, "trade_id", pa.uint64(), bad)
+    price = _decimal_column(raw.price, "price", bad)
+    qty = _decimal_column(raw.qty, "qty", bad)
+
+    if raw.sell is not None:
+        try:
+            sell = pa.array(raw.sell, pa.bool_())
+            if sell.null_count:
+                raise TypeError
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
+            vals = []
+            for i, v in enumerate(raw.sell):
+                if not isinstance(v, bool):
+                    bad.setdefault(i, f"side: not a boolean ({v!r})")
+                vals.append(bool(v) if isinstance(v, bool) else False)
+            sell = pa.array(vals, pa.bool_())
+        side = pc.if_else(sell, "sell", "buy")
+    else:
+        side_in = pa.array([s if isinstance(s, str) else None for s in raw.side or []], pa.string())
+        ok_side = pc.is_in(side_in, value_set=_SIDES)
+        if not pc.all(ok_side).as_py():
+            for i in np.flatnonzero(~np.asarray(ok_side.fill_null(False))):
+                bad.setdefault(int(i), f"side: not buy/sell ({raw.side[i]!r})")
+        side = pc.if_else(ok_side.fill_null(False), side_in, "buy")
+
+    if raw.ts_text:
+        ts = rfc3339_to_us(raw.ts, bad)
+    else:
+        ts = _int_column(raw.ts, "ts", pa.int64(), bad)
+
+    # range and sign checks, vectorized
+    ts_np = ts.to_numpy(zero_copy_only=False)
+    bad_ts = (ts_np < MIN_TS_US) | (ts_np > recv + MAX_AHEAD_US)
+    for i in np.flatnonzero(bad_ts):
+        bad.setdefault(int(i), f"timestamp out of range ({int(ts_np[i])} µs, received at {int(recv[i])})")
+    for name, col, wire in (("price", price, raw.price), ("qty", qty, raw.qty)):
+        pos_ok = pc.greater(col, _ZERO)
+        if not pc.all(pos_ok).as_py():
+            for i in np.flatnonzero(~np.asarray(pos_ok)):
+                bad.setdefault(int(i), f"{name}: not positive ({wire[i]!r})")
+
+    cols = [
+        pa.repeat(pa.scalar(exchange, pa.string()), n),
+        symbol.fill_null("") if bad else symbol,
+        native_out.fill_null("") if bad else native_out,
+        trade_id,
+        price,
+        qty,
+        side,
+        pa.array(ts_np, pa.int64()).cast(TS_TYPE),
+        pa.array(recv, pa.int64()).cast(TS_TYPE),
+    ]
+    if bad:
+        keep = np.ones(n, dtype=bool)
+        keep[list(bad)] = False
+        seen_frames: set[int] = set()
+        for i in sorted(bad):
+            frame = int(index[i])
+            if frame not in seen_frames:
+                seen_frames.add(frame)
+                result.dead.append((frame, bad[i]))
+        mask = pa.array(keep)
+        cols = [c.filter(mask) for c in cols]
+    result.trades = pa.Table.from_arrays(cols, schema=TRADE_SCHEMA)
