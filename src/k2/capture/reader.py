@@ -89,7 +89,10 @@ def read_capture(path: str | os.PathLike[str], chunk_lines: int = 50_000) -> Ite
                 size += len(raw)
                 try:
                     rec = decode(raw)
-                except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
+                except UnicodeDecodeError as exc:
+                    bad.append(_bad(line_no, raw, f"bad capture line: invalid UTF-8 ({exc.reason} at byte {exc.start})"))
+                    continue
+                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                     if not raw.strip():
                         continue
                     bad.append(_bad(line_no, raw, f"bad capture line: {exc}"))

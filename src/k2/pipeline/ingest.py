@@ -24,10 +24,19 @@ def raw_table(exchange: str, frames: Sequence[str], ts_recv: Sequence[int], conn
             pa.repeat(pa.scalar(exchange, pa.string()), n),
             pa.array(conn, pa.string()),
             pa.array(np.asarray(ts_recv, dtype=np.int64), pa.int64()).cast(TS_TYPE),
-            pa.array(frames, pa.string()),
+            _frames_array(frames),
         ],
         schema=RAW_SCHEMA,
     )
+
+
+def _frames_array(frames: Sequence[str | bytes]) -> pa.Array:
+    try:
+        return pa.array(frames, pa.string())
+    except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeError):
+        # bytes frames, or text that is not valid Unicode (lone surrogates): keep valid UTF-8 in the raw layer
+        # with U+FFFD where it was not; the exact bytes are in the dead letters
+        return pa.array([_to_bytes(f).decode("utf-8", "replace") for f in frames], pa.string())
 
 
 def dead_table(rows: list[tuple[str, str, int, str, str | bytes]]) -> pa.Table:

@@ -147,16 +147,25 @@ def _int_column(values, name: str, typ: pa.DataType, bad: dict[int, str]) -> pa.
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})\Z")
 
 
+_RFC3339_RE2 = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$"
+
+
 def rfc3339_to_us(values: list, bad: dict[int, str]) -> pa.Array:
-    """RFC3339 text -> int64 µs since the epoch, extra fractional digits truncated (not rounded)."""
-    strs = values if all(isinstance(v, str) for v in values) else None
-    if strs is not None:
-        try:
-            ns = pc.cast(pc.cast(pa.array(strs, pa.string()), pa.timestamp("ns", tz="UTC")), pa.int64())
-            if ns.null_count == 0 and all(_RFC3339.match(s) for s in _sample(strs)):
-                return _ns_to_us(ns)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            pass
+    """RFC3339 text -> int64 µs since the epoch, extra fractional digits truncated (not rounded).
+
+    Arrow's ISO-8601 cast is laxer than RFC3339 (it takes a space for T, no minutes, +0000), so every row's
+    shape is checked first with one vectorized regex pass.
+    """
+    if all(isinstance(v, str) for v in values):
+        arr = pa.array(values, pa.string())
+        shape_ok = pc.match_substring_regex(arr, _RFC3339_RE2)
+        if pc.all(shape_ok).as_py():
+            try:
+                ns = pc.cast(pc.cast(arr, pa.timestamp("ns", tz="UTC")), pa.int64())
+                if ns.null_count == 0:
+                    return _ns_to_us(ns)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                pass
     out = []
     for i, v in enumerate(values):
         if isinstance(v, str) and _RFC3339.match(v):
@@ -169,15 +178,6 @@ def rfc3339_to_us(values: list, bad: dict[int, str]) -> pa.Array:
         bad.setdefault(i, f"timestamp: not an RFC3339 UTC time ({v!r})")
         out.append(0)
     return pa.array(out, pa.int64())
-
-
-def _sample(strs: list[str]) -> list[str]:
-    # Arrow's ISO-8601 parser is laxer than RFC3339 (it accepts a space or no zone); check the shape of a
-    # spread of rows cheaply, and all rows when the batch is small.
-    if len(strs) <= 64:
-        return strs
-    step = len(strs) // 32
-    return strs[::step]
 
 
 def _ns_to_us(ns: pa.Array) -> pa.Array:
@@ -278,7 +278,7 @@ def finalize_trades(
     if bad:
         keep = np.ones(n, dtype=bool)
         keep[list(bad)] = False
-        seen_frames: set[int] = set()
+        seen_frames = {frame for frame, _ in result.dead}  # a frame is dead-lettered once
         for i in sorted(bad):
             frame = int(index[i])
             if frame not in seen_frames:

@@ -46,7 +46,7 @@ class BinanceParser:
                 else:
                     good.append(dec_t(frame))
                 where.append(i)
-            except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
+            except (msgspec.ValidationError, msgspec.DecodeError, UnicodeError):
                 self._slow(i, frame, result, good, where)
         result.trade_frames = len(where)
         raw = RawTrades(index=where)
@@ -55,7 +55,11 @@ class BinanceParser:
         raw.price = [m.p for m in good]
         raw.qty = [m.q for m in good]
         raw.sell = [m.m for m in good]
-        t = np.fromiter((m.T for m in good), dtype=np.int64, count=len(good))
+        times = [m.T for m in good]
+        try:
+            t = np.array(times, dtype=np.int64)
+        except OverflowError:  # beyond int64: out of range, refused below
+            t = np.array([x if -(2**62) < x < 2**62 else 0 for x in times], dtype=np.int64)
         raw.ts = np.where(t > _US_THRESHOLD, t, t * 1000)
         finalize_trades(EXCHANGE, self._wire, raw, ts_recv, result)
         return result
@@ -66,8 +70,8 @@ class BinanceParser:
         except msgspec.DecodeError as exc:
             result.dead.append((i, f"invalid JSON: {exc}"))
             return
-        except UnicodeDecodeError as exc:
-            result.dead.append((i, f"invalid UTF-8: {exc}"))
+        except UnicodeError as exc:
+            result.dead.append((i, f"invalid UTF-8: {exc.reason} at {exc.start}"))
             return
         if not isinstance(msg, dict):
             result.dead.append((i, "not a JSON object"))

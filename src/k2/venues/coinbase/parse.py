@@ -55,7 +55,7 @@ class CoinbaseParser:
                     result.trade_frames += 1
                     continue
                 msg = dec_a(frame)
-            except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
+            except (msgspec.ValidationError, msgspec.DecodeError, UnicodeError):
                 self._slow(i, frame, result, matches, m_where, adv, a_where)
                 continue
             self._advanced(i, msg.events, result, adv, a_where)
@@ -74,14 +74,16 @@ class CoinbaseParser:
 
     @staticmethod
     def _advanced(i: int, events: list, result: ParseResult, adv: list, a_where: list) -> None:
+        result.trade_frames += 1
+        unknown = ""
         for ev in events:
             if ev.type not in _EVENT_TYPES:
-                result.dead.append((i, f"unknown event type {ev.type!r} on market_trades"))
-                return
-        result.trade_frames += 1
-        for ev in events:
+                unknown = unknown or f"unknown event type {ev.type!r} on market_trades"
+                continue  # the frame is dead-lettered once; its good events are kept
             adv.extend(ev.trades)
             a_where.extend([i] * len(ev.trades))
+        if unknown:
+            result.dead.append((i, unknown))
 
     def _slow(self, i, frame, result: ParseResult, matches, m_where, adv, a_where) -> None:
         try:
@@ -89,8 +91,8 @@ class CoinbaseParser:
         except msgspec.DecodeError as exc:
             result.dead.append((i, f"invalid JSON: {exc}"))
             return
-        except UnicodeDecodeError as exc:
-            result.dead.append((i, f"invalid UTF-8: {exc}"))
+        except UnicodeError as exc:
+            result.dead.append((i, f"invalid UTF-8: {exc.reason} at {exc.start}"))
             return
         if not isinstance(msg, dict):
             result.dead.append((i, "not a JSON object"))
@@ -114,8 +116,8 @@ class CoinbaseParser:
                     reason = reason or f"bad market_trades frame: events[{n}] has no trades array"
                     continue
                 if ev.get("type") not in _EVENT_TYPES:
-                    result.dead.append((i, f"unknown event type {ev.get('type')!r} on market_trades"))
-                    return
+                    reason = reason or f"unknown event type {ev.get('type')!r} on market_trades"
+                    continue
                 for k, item in enumerate(ev["trades"]):
                     try:
                         good.append(msgspec.convert(item, AdvancedTrade))

@@ -37,7 +37,7 @@ class KrakenParser:
         for i, frame in enumerate(frames):
             try:
                 msg = dec(frame)
-            except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
+            except (msgspec.ValidationError, msgspec.DecodeError, UnicodeError):
                 self._slow(i, frame, result, trades, where)
                 continue
             if msg.type not in _TRADE_TYPES:
@@ -62,8 +62,8 @@ class KrakenParser:
         except msgspec.DecodeError as exc:
             result.dead.append((i, f"invalid JSON: {exc}"))
             return
-        except UnicodeDecodeError as exc:
-            result.dead.append((i, f"invalid UTF-8: {exc}"))
+        except UnicodeError as exc:
+            result.dead.append((i, f"invalid UTF-8: {exc.reason} at {exc.start}"))
             return
         if not isinstance(msg, dict):
             result.dead.append((i, "not a JSON object"))

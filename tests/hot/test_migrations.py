@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+from k2.hot.chdb_store import ChdbStore
+from k2.hot.ddl import LATEST_VERSION, TIMEFRAMES
+
+VIEWS = {"trades", "dead_letters", *(f"ohlcv_{tf}" for tf, _, _ in TIMEFRAMES)}
+CANDLE_COLUMNS = ["exchange", "symbol", "bucket", "open", "high", "low", "close", "volume", "quote_volume", "vwap", "trade_count"]
+
+
+def names(store, sql):
+    return store.query_arrow(sql).column(0).to_pylist()
+
+
+def test_schema_is_created_once_and_migrations_are_idempotent(tmp_path):
+    s = ChdbStore(tmp_path / "d")
+    assert s.migrate() == LATEST_VERSION
+    assert s.migrate() == LATEST_VERSION
+    assert names(s, "SELECT version FROM k2_schema_migrations") == list(range(1, LATEST_VERSION + 1))
+    tables = set(names(s, "SELECT name FROM system.tables WHERE database = currentDatabase()"))
+    assert VIEWS <= tables and {"raw_frames", "trades_store"} <= tables
+    s.close()
+    s = ChdbStore(tmp_path / "d")  # reopen: nothing re-applied
+    assert names(s, "SELECT version FROM k2_schema_migrations") == list(range(1, LATEST_VERSION + 1))
+    s.close()
+
+
+def test_sql_contract_columns(store):
+    cols = names(store, "SELECT name FROM system.columns WHERE database = currentDatabase() AND table = 'trades' ORDER BY position")
+    assert cols[:8] == ["exchange", "symbol", "trade_id", "price", "qty", "side", "ts", "ts_recv"]
+    for tf, _, _ in TIMEFRAMES:
+        cols = names(store, f"SELECT name FROM system.columns WHERE database = currentDatabase() AND table = 'ohlcv_{tf}' ORDER BY position")
+        assert cols == CANDLE_COLUMNS, tf
+    cols = names(store, "SELECT name FROM system.columns WHERE database = currentDatabase() AND table = 'dead_letters' ORDER BY position")
+    assert {"exchange", "ts_recv", "reason", "frame"} <= set(cols)
