@@ -20,7 +20,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from k2.model.instrument import Instrument
-from k2.model.trade import DEC_SCALE, DECIMAL_TYPE, TRADE_SCHEMA, TS_TYPE
+from k2.model.trade import DEC_SCALE, DECIMAL_TYPE, TRADE_SCHEMA, TS_TYPE, canonical_decimal
+
+try:  # the optional C fast path (setup.py); without it the msgspec path does all the work
+    from k2.venues import _scan
+except ImportError:  # pragma: no cover - exercised on machines without a C compiler
+    _scan = None
 
 #: Earliest plausible exchange trade time (2009-01-03, the Bitcoin genesis block), in µs.
 MIN_TS_US = 1_230_940_800_000_000
@@ -103,8 +108,10 @@ def decimal_reason(value: object) -> str:
     return ""
 
 
-def _decimal_column(values: list, name: str, bad: dict[int, str]) -> pa.Array:
+def _decimal_column(values, name: str, bad: dict[int, str]) -> pa.Array:
     """Exact decimal128 column; rows that do not convert get a reason in ``bad`` and a placeholder."""
+    if isinstance(values, pa.Array):
+        return values
     try:
         if values and isinstance(values[0], str):
             arr = pc.cast(pa.array(values, pa.string()), DECIMAL_TYPE)
@@ -126,12 +133,14 @@ def _decimal_column(values: list, name: str, bad: dict[int, str]) -> pa.Array:
 
 
 def _int_column(values, name: str, typ: pa.DataType, bad: dict[int, str]) -> pa.Array:
+    if isinstance(values, pa.Array):
+        return values
     if isinstance(values, np.ndarray):
         return pa.array(values, typ)
     try:
-        if all(type(v) is int for v in values):  # noqa: E721 - bools are not ids
-            return pa.array(values, typ)
-    except (pa.ArrowInvalid, OverflowError):
+        # msgspec already typed these as int; a bool cannot reach here
+        return pa.array(values, typ)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError):
         pass
     out = []
     lo, hi = (0, 2**64 - 1) if typ == pa.uint64() else (-(2**63), 2**63 - 1)
@@ -207,27 +216,33 @@ def finalize_trades(
 
     # instruments: map the few distinct wire symbols once, then gather
     natives = raw.native
-    uniq = set(natives)
-    known = [s for s in uniq if isinstance(s, str) and s in wire_map]
-    if len(known) != len(uniq):
-        for i, s in enumerate(natives):
-            if not (isinstance(s, str) and s in wire_map):
-                bad.setdefault(i, f"unknown instrument {s!r}")
-    key_arr = pa.array(known, pa.string())
-    if all(isinstance(s, str) for s in natives):
-        native_arr = pa.array(natives, pa.string())
+    if isinstance(natives, pa.Array):
+        native_arr = natives
+        uniq = native_arr.unique().to_pylist()
     else:
-        native_arr = pa.array([s if isinstance(s, str) else "" for s in natives], pa.string())
+        uniq = set(natives)
+        if all(isinstance(x, str) for x in uniq):
+            native_arr = pa.array(natives, pa.string())
+        else:
+            native_arr = pa.array([x if isinstance(x, str) else "" for x in natives], pa.string())
+    known = [x for x in uniq if isinstance(x, str) and x in wire_map]
+    key_arr = pa.array(known, pa.string())
     pos = pc.index_in(native_arr, value_set=key_arr)
-    canon = pa.array([wire_map[s].symbol for s in known], pa.string())
+    if pos.null_count:
+        wire = natives if not isinstance(natives, pa.Array) else natives.to_pylist()
+        for i in np.flatnonzero(np.asarray(pos.is_null())):
+            bad.setdefault(int(i), f"unknown instrument {wire[i]!r}")
+    canon = pa.array([wire_map[x].symbol for x in known], pa.string())
     symbol = pc.take(canon, pos)
-    native_out = pc.take(pa.array([wire_map[s].native_symbol for s in known], pa.string()), pos)
+    native_out = pc.take(pa.array([wire_map[x].native_symbol for x in known], pa.string()), pos)
 
     trade_id = _int_column(raw.trade_id, "trade_id", pa.uint64(), bad)
     price = _decimal_column(raw.price, "price", bad)
     qty = _decimal_column(raw.qty, "qty", bad)
 
-    if raw.sell is not None:
+    if isinstance(raw.sell, np.ndarray):
+        side = pc.if_else(pa.array(raw.sell, pa.bool_()), "sell", "buy")
+    elif raw.sell is not None:
         try:
             sell = pa.array(raw.sell, pa.bool_())
             if sell.null_count:
@@ -258,11 +273,12 @@ def finalize_trades(
     bad_ts = (ts_np < MIN_TS_US) | (ts_np > recv + MAX_AHEAD_US)
     for i in np.flatnonzero(bad_ts):
         bad.setdefault(int(i), f"timestamp out of range ({int(ts_np[i])} µs, received at {int(recv[i])})")
-    for name, col, wire in (("price", price, raw.price), ("qty", qty, raw.qty)):
+    for name, col in (("price", price), ("qty", qty)):
         pos_ok = pc.greater(col, _ZERO)
         if not pc.all(pos_ok).as_py():
             for i in np.flatnonzero(~np.asarray(pos_ok)):
-                bad.setdefault(int(i), f"{name}: not positive ({wire[i]!r})")
+                # the canonical decimal text, whichever path (and wire spelling) the value came through
+                bad.setdefault(int(i), f"{name}: not positive ({canonical_decimal(col[i].as_py())!r})")
 
     cols = [
         pa.repeat(pa.scalar(exchange, pa.string()), n),
@@ -287,3 +303,48 @@ def finalize_trades(
         mask = pa.array(keep)
         cols = [c.filter(mask) for c in cols]
     result.trades = pa.Table.from_arrays(cols, schema=TRADE_SCHEMA)
+
+
+def scan_then_parse(
+    kind: int,
+    exchange: str,
+    wire_map: dict[str, Instrument],
+    frames: Sequence[str | bytes],
+    ts_recv: Sequence[int],
+    py_parse,
+    adv_side_is_maker: bool = True,
+) -> ParseResult:
+    """Run the C fast path over ``frames``; every frame it does not take goes through ``py_parse``.
+
+    The fast path only takes frames whose every field it fully understands, so results are the same as the
+    msgspec path's (tests/venues/test_fast_path.py checks that); it only skips building Python objects.
+    """
+    if _scan is None or not frames:
+        return py_parse(frames, ts_recv)
+    n, fb, idx, sym, symoff, tid, price, qty, sell, ts = _scan.scan(kind, frames, adv_side_is_maker)
+    rest = np.flatnonzero(np.frombuffer(fb, dtype=np.uint8))
+    result = ParseResult(trades=None)  # type: ignore[arg-type]
+    result.trade_frames = len(frames) - len(rest)
+    raw = RawTrades(index=np.frombuffer(idx, dtype=np.int32).astype(np.int64))
+    raw.native = pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(symoff), pa.py_buffer(sym)])
+    raw.trade_id = pa.Array.from_buffers(pa.uint64(), n, [None, pa.py_buffer(tid)])
+    raw.price = pa.Array.from_buffers(DECIMAL_TYPE, n, [None, pa.py_buffer(price)])
+    raw.qty = pa.Array.from_buffers(DECIMAL_TYPE, n, [None, pa.py_buffer(qty)])
+    raw.sell = np.frombuffer(sell, dtype=np.uint8).astype(bool)
+    raw.ts = np.frombuffer(ts, dtype=np.int64)
+    finalize_trades(exchange, wire_map, raw, ts_recv, result)
+    if len(rest) == 0:
+        return result
+    sub = py_parse([frames[i] for i in rest], [ts_recv[i] for i in rest])
+    result.trade_frames += sub.trade_frames
+    result.control += sub.control
+    result.ignored += sub.ignored
+    result.dead.extend((int(rest[i]), reason) for i, reason in sub.dead)
+    result.events.extend(
+        ControlEvent(int(rest[e.index]), e.kind, e.detail) for e in sub.events
+    )
+    result.events.sort(key=lambda e: e.index)
+    result.dead.sort()
+    if sub.trades.num_rows:
+        result.trades = pa.concat_tables([result.trades, sub.trades]) if result.trades.num_rows else sub.trades
+    return result

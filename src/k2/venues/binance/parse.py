@@ -17,9 +17,10 @@ import msgspec
 import numpy as np
 
 from k2.model.instrument import InstrumentTable
-from k2.venues.base import ControlEvent, ParseResult, RawTrades, finalize_trades
+from k2.venues.base import ControlEvent, ParseResult, RawTrades, _scan, finalize_trades, scan_then_parse
 from k2.venues.binance.schemas import CombinedTrade, Trade
 
+_KIND = _scan.BINANCE if _scan is not None else 0
 EXCHANGE = "binance"
 _US_THRESHOLD = 10**14
 
@@ -35,6 +36,11 @@ class BinanceParser:
         self._wire = instruments.wire_map(EXCHANGE)
 
     def parse(self, frames: Sequence[str | bytes], ts_recv: Sequence[int]) -> ParseResult:
+        """Parse a batch of frames received at ``ts_recv`` (µs each). Never raises on bad input."""
+        return scan_then_parse(_KIND, EXCHANGE, self._wire, frames, ts_recv, self._parse_py)
+
+    def _parse_py(self, frames: Sequence[str | bytes], ts_recv: Sequence[int]) -> ParseResult:
+        """The general path (msgspec): every frame shape, control frames and dead letters."""
         result = ParseResult(trades=None)  # type: ignore[arg-type]
         good: list[Trade] = []
         where: list[int] = []

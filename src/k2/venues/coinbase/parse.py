@@ -16,9 +16,10 @@ from decimal import Decimal
 import msgspec
 
 from k2.model.instrument import InstrumentTable
-from k2.venues.base import ControlEvent, ParseResult, RawTrades, finalize_trades
+from k2.venues.base import ControlEvent, ParseResult, RawTrades, _scan, finalize_trades, scan_then_parse
 from k2.venues.coinbase.schemas import AdvancedTrade, LastMatch, MarketTrades, Match
 
+_KIND = _scan.COINBASE if _scan is not None else 0
 EXCHANGE = "coinbase"
 _EVENT_TYPES = ("snapshot", "update")
 _OPPOSITE = {"buy": "sell", "sell": "buy", "BUY": "sell", "SELL": "buy"}
@@ -39,8 +40,14 @@ class CoinbaseParser:
     def __init__(self, instruments: InstrumentTable, advanced_side_is_maker: bool = True) -> None:
         self._wire = instruments.wire_map(EXCHANGE)
         self._adv_side = _OPPOSITE if advanced_side_is_maker else _SAME
+        self._adv_maker = advanced_side_is_maker
 
     def parse(self, frames: Sequence[str | bytes], ts_recv: Sequence[int]) -> ParseResult:
+        """Parse a batch of frames received at ``ts_recv`` (µs each). Never raises on bad input."""
+        return scan_then_parse(_KIND, EXCHANGE, self._wire, frames, ts_recv, self._parse_py, self._adv_maker)
+
+    def _parse_py(self, frames: Sequence[str | bytes], ts_recv: Sequence[int]) -> ParseResult:
+        """The general path (msgspec): every frame shape, control frames and dead letters."""
         result = ParseResult(trades=None)  # type: ignore[arg-type]
         matches: list[Match] = []
         m_where: list[int] = []

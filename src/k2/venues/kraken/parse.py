@@ -13,9 +13,10 @@ from decimal import Decimal
 import msgspec
 
 from k2.model.instrument import InstrumentTable
-from k2.venues.base import ControlEvent, ParseResult, RawTrades, finalize_trades
+from k2.venues.base import ControlEvent, ParseResult, RawTrades, _scan, finalize_trades, scan_then_parse
 from k2.venues.kraken.schemas import Trade, TradeMessage
 
+_KIND = _scan.KRAKEN if _scan is not None else 0
 EXCHANGE = "kraken"
 _TRADE_TYPES = ("snapshot", "update")
 
@@ -30,6 +31,11 @@ class KrakenParser:
         self._wire = instruments.wire_map(EXCHANGE)
 
     def parse(self, frames: Sequence[str | bytes], ts_recv: Sequence[int]) -> ParseResult:
+        """Parse a batch of frames received at ``ts_recv`` (µs each). Never raises on bad input."""
+        return scan_then_parse(_KIND, EXCHANGE, self._wire, frames, ts_recv, self._parse_py)
+
+    def _parse_py(self, frames: Sequence[str | bytes], ts_recv: Sequence[int]) -> ParseResult:
+        """The general path (msgspec): every frame shape, control frames and dead letters."""
         result = ParseResult(trades=None)  # type: ignore[arg-type]
         trades: list[Trade] = []
         where: list[int] = []

@@ -1,0 +1,792 @@
+/*
+ * k2.venues._scan: a fast path for the common shapes of trade frames.
+ *
+ * scan(kind, frames, adv_side_is_maker) reads each frame once, without building Python objects, and writes
+ * trade columns as Arrow-ready buffers: frame index (int32), native symbol (utf8 data + int32 offsets),
+ * trade id (uint64), price and quantity (decimal128(38, 18) as little-endian 128-bit integers), aggressor
+ * sold (uint8) and exchange time (int64 microseconds, UTC).
+ *
+ * It accepts a frame only when the frame is exactly what it understands: valid JSON, the documented keys with
+ * the documented types (in any order, unknown keys skipped), no escapes in the strings it keeps, decimal text
+ * without sign or exponent and at most 18 fractional digits, RFC3339 times. Anything else (control frames,
+ * unusual spellings, bad values) is marked for the general Python path (msgspec), which decides between
+ * trade, control frame, ignored frame and dead letter. So this file changes speed, never results; the tests
+ * check both paths give the same trades.
+ *
+ * Value checks that need context (positive prices, time ranges, known instruments) stay in Python
+ * (k2.venues.base.finalize_trades), the one place that writes dead-letter reasons.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+typedef __int128 i128;
+
+enum { K_BINANCE = 1, K_KRAKEN = 2, K_COINBASE = 3 };
+
+typedef struct {
+    char *p;
+    Py_ssize_t len, cap;
+} buf_t;
+
+static int buf_reserve(buf_t *b, Py_ssize_t extra) {
+    if (b->len + extra <= b->cap) return 1;
+    Py_ssize_t cap = b->cap ? b->cap : 4096;
+    while (cap < b->len + extra) cap *= 2;
+    char *q = PyMem_Realloc(b->p, cap);
+    if (!q) return 0;
+    b->p = q;
+    b->cap = cap;
+    return 1;
+}
+
+static inline int buf_put(buf_t *b, const void *src, Py_ssize_t n) {
+    if (!buf_reserve(b, n)) return 0;
+    memcpy(b->p + b->len, src, n);
+    b->len += n;
+    return 1;
+}
+
+typedef struct {
+    buf_t idx, sym, symoff, tid, price, qty, sell, ts;
+    Py_ssize_t n;
+    int32_t symlen;
+} cols_t;
+
+typedef struct {
+    Py_ssize_t idx, sym, symoff, tid, price, qty, sell, ts, n;
+    int32_t symlen;
+} mark_t;
+
+static void mark(cols_t *c, mark_t *m) {
+    m->idx = c->idx.len; m->sym = c->sym.len; m->symoff = c->symoff.len; m->tid = c->tid.len;
+    m->price = c->price.len; m->qty = c->qty.len; m->sell = c->sell.len; m->ts = c->ts.len;
+    m->n = c->n; m->symlen = c->symlen;
+}
+
+static void rollback(cols_t *c, const mark_t *m) {
+    c->idx.len = m->idx; c->sym.len = m->sym; c->symoff.len = m->symoff; c->tid.len = m->tid;
+    c->price.len = m->price; c->qty.len = m->qty; c->sell.len = m->sell; c->ts.len = m->ts;
+    c->n = m->n; c->symlen = m->symlen;
+}
+
+/* one trade as read from the wire */
+typedef struct {
+    const char *sym;
+    Py_ssize_t symn;
+    uint64_t tid;
+    i128 price, qty;
+    int sell;
+    int64_t ts_us;
+} rec_t;
+
+static int emit(cols_t *c, int32_t frame, const rec_t *r) {
+    int32_t off;
+    uint8_t s = (uint8_t)r->sell;
+    if (c->n == 0 && c->symoff.len == 0) {
+        off = 0;
+        if (!buf_put(&c->symoff, &off, 4)) return 0;
+    }
+    if (!buf_put(&c->idx, &frame, 4) || !buf_put(&c->sym, r->sym, r->symn)) return 0;
+    c->symlen += (int32_t)r->symn;
+    off = c->symlen;
+    if (!buf_put(&c->symoff, &off, 4) || !buf_put(&c->tid, &r->tid, 8) || !buf_put(&c->price, &r->price, 16) ||
+        !buf_put(&c->qty, &r->qty, 16) || !buf_put(&c->sell, &s, 1) || !buf_put(&c->ts, &r->ts_us, 8))
+        return 0;
+    c->n++;
+    return 1;
+}
+
+/* ---------------------------------------------------------------- JSON cursor */
+
+typedef struct {
+    const char *p, *end;
+} cur_t;
+
+static inline void ws(cur_t *c) {
+    while (c->p < c->end && (*c->p == ' ' || *c->p == '\t' || *c->p == '\n' || *c->p == '\r')) c->p++;
+}
+
+static inline int expect(cur_t *c, char ch) {
+    ws(c);
+    if (c->p < c->end && *c->p == ch) {
+        c->p++;
+        return 1;
+    }
+    return 0;
+}
+
+static inline int peek(cur_t *c) {
+    ws(c);
+    return c->p < c->end ? (unsigned char)*c->p : -1;
+}
+
+/* a string with no escapes and no control characters; returns its bytes */
+static int str_plain(cur_t *c, const char **s, Py_ssize_t *n) {
+    if (!expect(c, '"')) return 0;
+    const char *start = c->p;
+    while (c->p < c->end) {
+        unsigned char ch = (unsigned char)*c->p;
+        if (ch == '"') {
+            *s = start;
+            *n = c->p - start;
+            c->p++;
+            return 1;
+        }
+        if (ch == '\\' || ch < 0x20) return 0;
+        c->p++;
+    }
+    return 0;
+}
+
+static int skip_value(cur_t *c, int depth);
+
+static int skip_string(cur_t *c) {
+    if (!expect(c, '"')) return 0;
+    while (c->p < c->end) {
+        unsigned char ch = (unsigned char)*c->p;
+        if (ch == '"') {
+            c->p++;
+            return 1;
+        }
+        if (ch < 0x20) return 0;
+        if (ch == '\\') {
+            if (c->p + 1 >= c->end) return 0;
+            char e = c->p[1];
+            if (e == 'u') {
+                if (c->p + 5 >= c->end) return 0;
+                for (int k = 2; k < 6; k++) {
+                    char h = c->p[k];
+                    if (!((h >= '0' && h <= '9') || (h >= 'a' && h <= 'f') || (h >= 'A' && h <= 'F'))) return 0;
+                }
+                /* surrogates: leave the judgement to the Python path */
+                if (c->p[2] == 'd' || c->p[2] == 'D') return 0;
+                c->p += 6;
+                continue;
+            }
+            if (!strchr("\"\\/bfnrt", e)) return 0;
+            c->p += 2;
+            continue;
+        }
+        c->p++;
+    }
+    return 0;
+}
+
+/* JSON number grammar; sets *plain when it is a non-negative integer or decimal without exponent */
+static int number_token(cur_t *c, const char **s, Py_ssize_t *n) {
+    ws(c);
+    const char *q = c->p, *start = c->p;
+    if (q < c->end && *q == '-') q++;
+    if (q >= c->end) return 0;
+    if (*q == '0') q++;
+    else if (*q >= '1' && *q <= '9') while (q < c->end && *q >= '0' && *q <= '9') q++;
+    else return 0;
+    if (q < c->end && *q == '.') {
+        q++;
+        if (q >= c->end || !(*q >= '0' && *q <= '9')) return 0;
+        while (q < c->end && *q >= '0' && *q <= '9') q++;
+    }
+    if (q < c->end && (*q == 'e' || *q == 'E')) {
+        q++;
+        if (q < c->end && (*q == '+' || *q == '-')) q++;
+        if (q >= c->end || !(*q >= '0' && *q <= '9')) return 0;
+        while (q < c->end && *q >= '0' && *q <= '9') q++;
+    }
+    *s = start;
+    *n = q - start;
+    c->p = q;
+    return 1;
+}
+
+static int skip_literal(cur_t *c, const char *lit) {
+    size_t n = strlen(lit);
+    ws(c);
+    if ((size_t)(c->end - c->p) < n || memcmp(c->p, lit, n) != 0) return 0;
+    c->p += n;
+    return 1;
+}
+
+static int skip_value(cur_t *c, int depth) {
+    if (depth > 32) return 0;
+    int ch = peek(c);
+    const char *s;
+    Py_ssize_t n;
+    switch (ch) {
+        case '"':
+            return skip_string(c);
+        case '{': {
+            c->p++;
+            if (expect(c, '}')) return 1;
+            do {
+                if (!skip_string(c) || !expect(c, ':') || !skip_value(c, depth + 1)) return 0;
+            } while (expect(c, ','));
+            return expect(c, '}');
+        }
+        case '[': {
+            c->p++;
+            if (expect(c, ']')) return 1;
+            do {
+                if (!skip_value(c, depth + 1)) return 0;
+            } while (expect(c, ','));
+            return expect(c, ']');
+        }
+        case 't':
+            return skip_literal(c, "true");
+        case 'f':
+            return skip_literal(c, "false");
+        case 'n':
+            return skip_literal(c, "null");
+        default:
+            return number_token(c, &s, &n);
+    }
+}
+
+/* object iteration: 1 = a key was read (cursor after ':'), 0 = end of object, -1 = error */
+static int next_key(cur_t *c, int *first, const char **k, Py_ssize_t *kn) {
+    if (*first) {
+        *first = 0;
+        if (expect(c, '}')) return 0;
+    } else {
+        if (expect(c, '}')) return 0;
+        if (!expect(c, ',')) return -1;
+    }
+    if (!str_plain(c, k, kn)) return -1;
+    if (!expect(c, ':')) return -1;
+    return 1;
+}
+
+#define KEY(lit) (kn == (Py_ssize_t)(sizeof(lit) - 1) && memcmp(k, lit, sizeof(lit) - 1) == 0)
+#define TEXT(s, n, lit) ((n) == (Py_ssize_t)(sizeof(lit) - 1) && memcmp((s), lit, sizeof(lit) - 1) == 0)
+
+/* ---------------------------------------------------------------- values */
+
+static int uint_token(cur_t *c, uint64_t *out) {
+    const char *s;
+    Py_ssize_t n;
+    if (!number_token(c, &s, &n) || n == 0 || n > 20) return 0;
+    uint64_t v = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9') return 0;
+        uint64_t d = (uint64_t)(s[i] - '0');
+        if (v > (UINT64_MAX - d) / 10) return 0;
+        v = v * 10 + d;
+    }
+    *out = v;
+    return 1;
+}
+
+static const i128 POW10[19] = {
+    1LL, 10LL, 100LL, 1000LL, 10000LL, 100000LL, 1000000LL, 10000000LL, 100000000LL, 1000000000LL,
+    10000000000LL, 100000000000LL, 1000000000000LL, 10000000000000LL, 100000000000000LL,
+    1000000000000000LL, 10000000000000000LL, 100000000000000000LL, 1000000000000000000LL};
+
+/* unsigned decimal text -> value * 10^18; at most 20 integer and 18 fractional digits */
+static int decimal_text(const char *s, Py_ssize_t n, i128 *out) {
+    Py_ssize_t i = 0, nint = 0, nfrac = 0;
+    i128 ip = 0, fp = 0;
+    while (i < n && s[i] >= '0' && s[i] <= '9') {
+        ip = ip * 10 + (s[i] - '0');
+        i++;
+        nint++;
+    }
+    if (nint == 0 || nint > 20) return 0;
+    if (i < n) {
+        if (s[i] != '.') return 0;
+        i++;
+        while (i < n && s[i] >= '0' && s[i] <= '9') {
+            if (nfrac == 18) return 0;
+            fp = fp * 10 + (s[i] - '0');
+            i++;
+            nfrac++;
+        }
+        if (nfrac == 0 || i != n) return 0;
+    }
+    *out = ip * POW10[18] + fp * POW10[18 - nfrac];
+    return 1;
+}
+
+static int decimal_string(cur_t *c, i128 *out) {
+    const char *s;
+    Py_ssize_t n;
+    return str_plain(c, &s, &n) && decimal_text(s, n, out);
+}
+
+static int decimal_number(cur_t *c, i128 *out) {
+    const char *s;
+    Py_ssize_t n;
+    return number_token(c, &s, &n) && decimal_text(s, n, out);
+}
+
+static int64_t days_from_civil(int64_t y, int m, int d) {
+    y -= m <= 2;
+    int64_t era = (y >= 0 ? y : y - 399) / 400;
+    int64_t yoe = y - era * 400;
+    int64_t doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+    int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + doe - 719468;
+}
+
+static int digits(const char *s, int n, int *out) {
+    int v = 0;
+    for (int i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9') return 0;
+        v = v * 10 + (s[i] - '0');
+    }
+    *out = v;
+    return 1;
+}
+
+/* RFC3339: YYYY-MM-DDTHH:MM:SS[.f{1,9}](Z|+HH:MM|-HH:MM) -> µs since the epoch, extra digits truncated */
+static int rfc3339(const char *s, Py_ssize_t n, int64_t *out) {
+    int y, mo, d, h, mi, se;
+    if (n < 20 || s[4] != '-' || s[7] != '-' || s[10] != 'T' || s[13] != ':' || s[16] != ':') return 0;
+    if (!digits(s, 4, &y) || !digits(s + 5, 2, &mo) || !digits(s + 8, 2, &d) || !digits(s + 11, 2, &h) ||
+        !digits(s + 14, 2, &mi) || !digits(s + 17, 2, &se))
+        return 0;
+    static const int dim[12] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    if (mo < 1 || mo > 12 || d < 1 || h > 23 || mi > 59 || se > 59) return 0;
+    int leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    if (d > dim[mo - 1] + (mo == 2 && leap)) return 0;
+    Py_ssize_t i = 19;
+    int64_t us = 0;
+    if (i < n && s[i] == '.') {
+        i++;
+        int nf = 0;
+        while (i < n && s[i] >= '0' && s[i] <= '9') {
+            if (nf < 6) us = us * 10 + (s[i] - '0');
+            nf++;
+            i++;
+        }
+        if (nf == 0 || nf > 9) return 0;
+        for (int k = nf; k < 6; k++) us *= 10;
+    }
+    int64_t offset = 0;
+    if (i < n && s[i] == 'Z') {
+        i++;
+    } else if (i + 6 == n && (s[i] == '+' || s[i] == '-') && s[i + 3] == ':') {
+        int oh, om;
+        if (!digits(s + i + 1, 2, &oh) || !digits(s + i + 4, 2, &om) || oh > 23 || om > 59) return 0;
+        offset = (oh * 3600 + om * 60) * (s[i] == '+' ? 1 : -1);
+        i += 6;
+    } else {
+        return 0;
+    }
+    if (i != n) return 0;
+    int64_t secs = days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + se - offset;
+    *out = secs * 1000000 + us;
+    return 1;
+}
+
+static int time_string(cur_t *c, int64_t *out) {
+    const char *s;
+    Py_ssize_t n;
+    return str_plain(c, &s, &n) && rfc3339(s, n, out);
+}
+
+static int end_of_frame(cur_t *c) {
+    ws(c);
+    return c->p == c->end;
+}
+
+/* ---------------------------------------------------------------- Binance */
+
+enum { B_E = 1, B_S = 2, B_T = 4, B_P = 8, B_Q = 16, B_TT = 32, B_M = 64, B_ALL = 127 };
+
+/* the trade object; cursor just after '{' was NOT consumed yet */
+static int binance_trade_obj(cur_t *c, rec_t *r) {
+    if (!expect(c, '{')) return 0;
+    int first = 1, seen = 0, rc;
+    const char *k, *s;
+    Py_ssize_t kn, n;
+    uint64_t T = 0;
+    while ((rc = next_key(c, &first, &k, &kn)) == 1) {
+        int bit = 0;
+        if (KEY("e")) {
+            if (!str_plain(c, &s, &n) || !TEXT(s, n, "trade")) return 0;
+            bit = B_E;
+        } else if (KEY("s")) {
+            if (!str_plain(c, &r->sym, &r->symn)) return 0;
+            bit = B_S;
+        } else if (KEY("t")) {
+            if (!uint_token(c, &r->tid)) return 0;
+            bit = B_T;
+        } else if (KEY("p")) {
+            if (!decimal_string(c, &r->price)) return 0;
+            bit = B_P;
+        } else if (KEY("q")) {
+            if (!decimal_string(c, &r->qty)) return 0;
+            bit = B_Q;
+        } else if (KEY("T")) {
+            if (!uint_token(c, &T) || T > (uint64_t)INT64_MAX) return 0;
+            bit = B_TT;
+        } else if (KEY("m")) {
+            if (skip_literal(c, "true")) r->sell = 1;
+            else if (skip_literal(c, "false")) r->sell = 0;
+            else return 0;
+            bit = B_M;
+        } else if (!skip_value(c, 0)) {
+            return 0;
+        }
+        if (bit) {
+            if (seen & bit) return 0; /* duplicate key: let the general path decide */
+            seen |= bit;
+        }
+    }
+    if (rc < 0 || seen != B_ALL) return 0;
+    /* ms unless the value is only plausible as µs (see binance/parse.py) */
+    r->ts_us = T > 100000000000000ULL ? (int64_t)T : (int64_t)T * 1000;
+    return 1;
+}
+
+static int binance_frame(cur_t *c, cols_t *out, int32_t frame) {
+    rec_t r;
+    memset(&r, 0, sizeof r);
+    cur_t save = *c;
+    if (peek(c) != '{') return 0;
+    /* combined stream: {"stream": "...", "data": {...}} in either order */
+    if (c->end - c->p > 10 && (memcmp(c->p, "{\"stream\"", 9) == 0 || memcmp(c->p, "{\"data\"", 7) == 0)) {
+        c->p++;
+        int first = 1, rc, have_stream = 0, have_data = 0;
+        const char *k, *s;
+        Py_ssize_t kn, n;
+        while ((rc = next_key(c, &first, &k, &kn)) == 1) {
+            if (KEY("stream")) {
+                if (have_stream || !str_plain(c, &s, &n)) return 0;
+                have_stream = 1;
+            } else if (KEY("data")) {
+                if (have_data || !binance_trade_obj(c, &r)) return 0;
+                have_data = 1;
+            } else if (!skip_value(c, 0)) {
+                return 0;
+            }
+        }
+        if (rc < 0 || !have_stream || !have_data || !end_of_frame(c)) return 0;
+        return emit(out, frame, &r) ? 1 : -1;
+    }
+    *c = save;
+    if (!binance_trade_obj(c, &r) || !end_of_frame(c)) return 0;
+    return emit(out, frame, &r) ? 1 : -1;
+}
+
+/* ---------------------------------------------------------------- Kraken v2 */
+
+enum { KR_SYM = 1, KR_SIDE = 2, KR_P = 4, KR_Q = 8, KR_ID = 16, KR_TS = 32, KR_ORD = 64, KR_REQ = 63 };
+
+static int kraken_item(cur_t *c, rec_t *r) {
+    if (!expect(c, '{')) return 0;
+    int first = 1, seen = 0, rc;
+    const char *k, *s;
+    Py_ssize_t kn, n;
+    while ((rc = next_key(c, &first, &k, &kn)) == 1) {
+        int bit = 0;
+        if (KEY("symbol")) {
+            if (!str_plain(c, &r->sym, &r->symn)) return 0;
+            bit = KR_SYM;
+        } else if (KEY("side")) {
+            if (!str_plain(c, &s, &n)) return 0;
+            if (TEXT(s, n, "buy")) r->sell = 0;
+            else if (TEXT(s, n, "sell")) r->sell = 1;
+            else return 0;
+            bit = KR_SIDE;
+        } else if (KEY("price")) {
+            if (!decimal_number(c, &r->price)) return 0;
+            bit = KR_P;
+        } else if (KEY("qty")) {
+            if (!decimal_number(c, &r->qty)) return 0;
+            bit = KR_Q;
+        } else if (KEY("trade_id")) {
+            if (!uint_token(c, &r->tid)) return 0;
+            bit = KR_ID;
+        } else if (KEY("timestamp")) {
+            if (!time_string(c, &r->ts_us)) return 0;
+            bit = KR_TS;
+        } else if (KEY("ord_type")) {
+            int ch = peek(c);
+            if (ch == '"') {
+                if (!skip_string(c)) return 0;
+            } else if (!skip_literal(c, "null")) {
+                return 0; /* the schema says str | null */
+            }
+            bit = KR_ORD;
+        } else if (!skip_value(c, 0)) {
+            return 0;
+        }
+        if (bit) {
+            if (seen & bit) return 0;
+            seen |= bit;
+        }
+    }
+    return rc == 0 && (seen & KR_REQ) == KR_REQ;
+}
+
+static int kraken_frame(cur_t *c, cols_t *out, int32_t frame) {
+    if (!expect(c, '{')) return 0;
+    int first = 1, rc, have_channel = 0, have_type = 0, have_data = 0;
+    const char *k, *s;
+    Py_ssize_t kn, n;
+    while ((rc = next_key(c, &first, &k, &kn)) == 1) {
+        if (KEY("channel")) {
+            if (have_channel || !str_plain(c, &s, &n) || !TEXT(s, n, "trade")) return 0;
+            have_channel = 1;
+        } else if (KEY("type")) {
+            if (have_type || !str_plain(c, &s, &n) || !(TEXT(s, n, "update") || TEXT(s, n, "snapshot"))) return 0;
+            have_type = 1;
+        } else if (KEY("data")) {
+            if (have_data || !expect(c, '[')) return 0;
+            have_data = 1;
+            if (!expect(c, ']')) {
+                do {
+                    rec_t r;
+                    memset(&r, 0, sizeof r);
+                    if (!kraken_item(c, &r)) return 0;
+                    if (!emit(out, frame, &r)) return -1;
+                } while (expect(c, ','));
+                if (!expect(c, ']')) return 0;
+            }
+        } else if (!skip_value(c, 0)) {
+            return 0;
+        }
+    }
+    return rc == 0 && have_channel && have_type && have_data && end_of_frame(c);
+}
+
+/* ---------------------------------------------------------------- Coinbase */
+
+enum { C_ID = 1, C_PROD = 2, C_P = 4, C_Q = 8, C_SIDE = 16, C_TIME = 32, C_ALL = 63 };
+
+/* Exchange `match` fields (flat in the frame) or an Advanced `trades[]` item */
+static int coinbase_field(cur_t *c, const char *k, Py_ssize_t kn, rec_t *r, int *seen, int advanced, int adv_maker,
+                          int *handled) {
+    const char *s;
+    Py_ssize_t n;
+    int bit = 0;
+    *handled = 1;
+    if (KEY("trade_id")) {
+        if (advanced) {
+            if (!str_plain(c, &s, &n) || n == 0 || n > 19) return 0;
+            uint64_t v = 0;
+            for (Py_ssize_t i = 0; i < n; i++) {
+                if (s[i] < '0' || s[i] > '9') return 0;
+                v = v * 10 + (uint64_t)(s[i] - '0');
+            }
+            r->tid = v;
+        } else if (!uint_token(c, &r->tid)) {
+            return 0;
+        }
+        bit = C_ID;
+    } else if (KEY("product_id")) {
+        if (!str_plain(c, &r->sym, &r->symn)) return 0;
+        bit = C_PROD;
+    } else if (KEY("price")) {
+        if (!decimal_string(c, &r->price)) return 0;
+        bit = C_P;
+    } else if (KEY("size")) {
+        if (!decimal_string(c, &r->qty)) return 0;
+        bit = C_Q;
+    } else if (KEY("side")) {
+        if (!str_plain(c, &s, &n)) return 0;
+        int maker_sold;
+        if (advanced ? TEXT(s, n, "SELL") : TEXT(s, n, "sell")) maker_sold = 1;
+        else if (advanced ? TEXT(s, n, "BUY") : TEXT(s, n, "buy")) maker_sold = 0;
+        else return 0;
+        /* Exchange feed: maker side -> the aggressor is the opposite. Advanced: the same unless configured. */
+        r->sell = (!advanced || adv_maker) ? !maker_sold : maker_sold;
+        bit = C_SIDE;
+    } else if (KEY("time")) {
+        if (!time_string(c, &r->ts_us)) return 0;
+        bit = C_TIME;
+    } else {
+        *handled = 0;
+        return 1;
+    }
+    if (*seen & bit) return 0;
+    *seen |= bit;
+    return 1;
+}
+
+static int coinbase_adv_trades(cur_t *c, cols_t *out, int32_t frame, int adv_maker) {
+    if (!expect(c, '[')) return 0;
+    if (expect(c, ']')) return 1;
+    do {
+        rec_t r;
+        memset(&r, 0, sizeof r);
+        if (!expect(c, '{')) return 0;
+        int first = 1, seen = 0, rc, handled;
+        const char *k;
+        Py_ssize_t kn;
+        while ((rc = next_key(c, &first, &k, &kn)) == 1) {
+            if (!coinbase_field(c, k, kn, &r, &seen, 1, adv_maker, &handled)) return 0;
+            if (!handled && !skip_value(c, 0)) return 0;
+        }
+        if (rc < 0 || seen != C_ALL) return 0;
+        if (!emit(out, frame, &r)) return -1;
+    } while (expect(c, ','));
+    return expect(c, ']');
+}
+
+static int coinbase_events(cur_t *c, cols_t *out, int32_t frame, int adv_maker) {
+    if (!expect(c, '[')) return 0;
+    if (expect(c, ']')) return 1;
+    do {
+        if (!expect(c, '{')) return 0;
+        int first = 1, rc, have_type = 0, have_trades = 0;
+        const char *k, *s;
+        Py_ssize_t kn, n;
+        while ((rc = next_key(c, &first, &k, &kn)) == 1) {
+            if (KEY("type")) {
+                if (have_type || !str_plain(c, &s, &n) || !(TEXT(s, n, "update") || TEXT(s, n, "snapshot")))
+                    return 0;
+                have_type = 1;
+            } else if (KEY("trades")) {
+                if (have_trades) return 0;
+                int t = coinbase_adv_trades(c, out, frame, adv_maker);
+                if (t != 1) return t;
+                have_trades = 1;
+            } else if (!skip_value(c, 0)) {
+                return 0;
+            }
+        }
+        if (rc < 0 || !have_type || !have_trades) return 0;
+    } while (expect(c, ','));
+    return expect(c, ']');
+}
+
+static int coinbase_frame(cur_t *c, cols_t *out, int32_t frame, int adv_maker) {
+    if (!expect(c, '{')) return 0;
+    rec_t r;
+    memset(&r, 0, sizeof r);
+    int first = 1, rc, seen = 0, handled, is_match = 0, is_adv = 0, have_events = 0;
+    const char *k, *s;
+    Py_ssize_t kn, n;
+    int64_t before = out->n;
+    while ((rc = next_key(c, &first, &k, &kn)) == 1) {
+        if (KEY("type")) {
+            if (is_match || !str_plain(c, &s, &n) || !(TEXT(s, n, "match") || TEXT(s, n, "last_match"))) return 0;
+            is_match = 1;
+        } else if (KEY("channel")) {
+            if (is_adv || !str_plain(c, &s, &n) || !TEXT(s, n, "market_trades")) return 0;
+            is_adv = 1;
+        } else if (KEY("events")) {
+            if (have_events) return 0;
+            int t = coinbase_events(c, out, frame, adv_maker);
+            if (t != 1) return t;
+            have_events = 1;
+        } else if (KEY("sequence_num")) {
+            uint64_t v;
+            if (!skip_literal(c, "null") && !uint_token(c, &v)) return 0;
+        } else if (KEY("timestamp")) {
+            if (peek(c) == '"') {
+                if (!skip_string(c)) return 0;
+            } else if (!skip_literal(c, "null")) {
+                return 0;
+            }
+        } else {
+            if (!coinbase_field(c, k, kn, &r, &seen, 0, adv_maker, &handled)) return 0;
+            if (!handled && !skip_value(c, 0)) return 0;
+        }
+    }
+    if (rc < 0 || !end_of_frame(c)) return 0;
+    if (is_match && !is_adv && !have_events && seen == C_ALL) return emit(out, frame, &r) ? 1 : -1;
+    if (is_adv && !is_match && have_events && out->n >= before) return 1;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- module */
+
+static PyObject *bytes_of(buf_t *b) {
+    PyObject *o = PyBytes_FromStringAndSize(b->p ? b->p : "", b->len);
+    PyMem_Free(b->p);
+    b->p = NULL;
+    b->len = b->cap = 0;
+    return o;
+}
+
+static PyObject *scan(PyObject *self, PyObject *args) {
+    int kind, adv_maker = 1;
+    PyObject *frames;
+    if (!PyArg_ParseTuple(args, "iO|p", &kind, &frames, &adv_maker)) return NULL;
+    PyObject *seq = PySequence_Fast(frames, "frames must be a sequence");
+    if (!seq) return NULL;
+    Py_ssize_t nf = PySequence_Fast_GET_SIZE(seq);
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    PyObject *fallback = PyBytes_FromStringAndSize(NULL, nf);
+    if (!fallback) {
+        Py_DECREF(seq);
+        return NULL;
+    }
+    char *fb = PyBytes_AS_STRING(fallback);
+    cols_t out;
+    memset(&out, 0, sizeof out);
+    int oom = 0;
+    for (Py_ssize_t i = 0; i < nf && !oom; i++) {
+        PyObject *f = items[i];
+        const char *data = NULL;
+        Py_ssize_t len = 0;
+        fb[i] = 1;
+        if (PyUnicode_Check(f)) {
+            data = PyUnicode_AsUTF8AndSize(f, &len);
+            if (!data) { /* lone surrogates: not valid UTF-8, the general path dead-letters it */
+                PyErr_Clear();
+                continue;
+            }
+        } else if (PyBytes_Check(f)) {
+            data = PyBytes_AS_STRING(f);
+            len = PyBytes_GET_SIZE(f);
+            int ascii = 1;
+            for (Py_ssize_t j = 0; j < len; j++)
+                if ((unsigned char)data[j] >= 0x80) {
+                    ascii = 0;
+                    break;
+                }
+            if (!ascii) continue; /* UTF-8 validity is the general path's job */
+        } else {
+            continue;
+        }
+        cur_t c = {data, data + len};
+        mark_t m;
+        mark(&out, &m);
+        int ok = 0;
+        if (kind == K_BINANCE) ok = binance_frame(&c, &out, (int32_t)i);
+        else if (kind == K_KRAKEN) ok = kraken_frame(&c, &out, (int32_t)i);
+        else if (kind == K_COINBASE) ok = coinbase_frame(&c, &out, (int32_t)i, adv_maker);
+        if (ok == 1) {
+            fb[i] = 0;
+        } else {
+            rollback(&out, &m);
+            if (ok < 0) oom = 1;
+        }
+    }
+    Py_DECREF(seq);
+    if (oom) {
+        PyMem_Free(out.idx.p); PyMem_Free(out.sym.p); PyMem_Free(out.symoff.p); PyMem_Free(out.tid.p);
+        PyMem_Free(out.price.p); PyMem_Free(out.qty.p); PyMem_Free(out.sell.p); PyMem_Free(out.ts.p);
+        Py_DECREF(fallback);
+        return PyErr_NoMemory();
+    }
+    if (out.symoff.len == 0) {
+        int32_t zero = 0;
+        buf_put(&out.symoff, &zero, 4);
+    }
+    return Py_BuildValue("(nNNNNNNNNN)", out.n, fallback, bytes_of(&out.idx), bytes_of(&out.sym),
+                         bytes_of(&out.symoff), bytes_of(&out.tid), bytes_of(&out.price), bytes_of(&out.qty),
+                         bytes_of(&out.sell), bytes_of(&out.ts));
+}
+
+static PyMethodDef methods[] = {
+    {"scan", scan, METH_VARARGS,
+     "scan(kind, frames, adv_side_is_maker=True) -> (n, fallback, idx, sym, symoff, tid, price, qty, sell, ts)"},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_scan", "Fast path for common trade frame shapes.", -1,
+                                    methods};
+
+PyMODINIT_FUNC PyInit__scan(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (!m) return NULL;
+    PyModule_AddIntConstant(m, "BINANCE", K_BINANCE);
+    PyModule_AddIntConstant(m, "KRAKEN", K_KRAKEN);
+    PyModule_AddIntConstant(m, "COINBASE", K_COINBASE);
+    return m;
+}
