@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -22,8 +23,10 @@ RECV = 1_784_073_600_500_000
 
 
 def same(parser, frames, recv=None):
-    recv = recv or [RECV] * len(frames)
-    fast, slow = parser.parse(frames, recv), parser._parse_py(frames, recv)
+    """``frames`` may be a list or an Arrow array (the capture reader's form): both reach the fast path."""
+    recv = [RECV] * len(frames) if recv is None else [int(x) for x in recv]
+    as_list = frames.to_pylist() if isinstance(frames, pa.Array) else frames
+    fast, slow = parser.parse(frames, recv), parser._parse_py(as_list, recv)
     key = lambda t: (t.exchange, t.symbol, t.trade_id, t.ts)  # noqa: E731
     assert sorted(trades_from_table(fast.trades), key=key) == sorted(trades_from_table(slow.trades), key=key)
     assert sorted(fast.dead) == sorted(slow.dead)
@@ -46,7 +49,7 @@ def test_synthetic_streams_take_the_fast_path_and_match(tmp_path, parsers):
             res = same(parsers[exchange], group.frames, group.ts_recv)
             assert res.trades.num_rows > 0
             # the fast path took every trade frame: nothing was left for the general path but control frames
-            _, fallback, *_ = base._scan.scan(getattr(base._scan, exchange.upper()), group.frames, True)
+            _, fallback, *_ = base._scan.scan(getattr(base._scan, exchange.upper()), group.frames.to_pylist(), True)
             assert sum(fallback) == res.control + res.ignored
 
 

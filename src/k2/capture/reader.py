@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
+import numpy as np
+import pyarrow as pa
 
 from k2.errors import CaptureError
 from k2.model.instrument import EXCHANGES
@@ -26,9 +28,11 @@ class CaptureLine(msgspec.Struct, gc=False):
 
 @dataclass
 class ExchangeFrames:
-    frames: list[str] = field(default_factory=list)
-    ts_recv: list[int] = field(default_factory=list)
-    conn: list[str] = field(default_factory=list)
+    """Frames of one exchange in file order: lists, or Arrow/numpy columns from the C scanner."""
+
+    frames: list[str] | pa.Array = field(default_factory=list)
+    ts_recv: list[int] | np.ndarray = field(default_factory=list)
+    conn: list[str] | pa.Array = field(default_factory=list)
 
 
 @dataclass
@@ -71,6 +75,142 @@ def open_capture(path: str | os.PathLike[str], mode: str = "rb") -> io.BufferedI
 
 def read_capture(path: str | os.PathLike[str], chunk_lines: int = 50_000) -> Iterator[CaptureChunk]:
     """Yield chunks of decoded capture lines, grouped by exchange in file order."""
+    try:
+        from k2.venues import _scan
+    except ImportError:  # pragma: no cover - no C compiler at install time
+        _scan = None
+    if _scan is None:
+        yield from _read_lines(path, chunk_lines)
+    else:
+        yield from _prefetch(_read_blocks(path, _scan, block=chunk_lines * 200))
+
+
+def _prefetch(chunks: Iterator[CaptureChunk], depth: int = 3) -> Iterator[CaptureChunk]:
+    """Run ``chunks`` in a background thread: decompression and the C scanner release the GIL, so reading
+    overlaps with parsing and storing."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def work() -> None:
+        try:
+            for chunk in chunks:
+                while not stop.is_set():
+                    try:
+                        q.put(chunk, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(end)
+        except BaseException as exc:  # handed to the consumer
+            q.put(exc)
+
+    thread = threading.Thread(target=work, name="k2-capture-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is end:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+def _read_blocks(path, _scan, block: int) -> Iterator[CaptureChunk]:
+    """The C scanner decodes whole blocks of lines into Arrow buffers; msgspec takes the lines it leaves."""
+    line_no = 0
+    carry = b""
+    with open_capture(path) as fh:
+        while True:
+            try:
+                data = fh.read(block)
+            except (OSError, EOFError, ValueError) as exc:
+                raise CaptureError(f"{path}: unreadable after line {line_no}: {exc}") from exc
+            if not data:
+                if carry:
+                    yield _scan_block(_scan, carry, line_no)
+                return
+            data = carry + data
+            cut = data.rfind(b"\n")
+            if cut < 0:
+                carry = data
+                continue
+            carry = data[cut + 1 :]
+            chunk = _scan_block(_scan, data[: cut + 1], line_no)
+            line_no += chunk.lines
+            yield chunk
+
+
+_EX_CODES = {1: "binance", 2: "kraken", 3: "coinbase"}
+
+
+def _scan_block(_scan, data: bytes, line_no: int) -> CaptureChunk:
+    n, status, exch, ts, conn, conn_off, frame, frame_off, bounds = _scan.scan_capture(data, MIN_TS_US, MAX_TS_RECV_US)
+    status = np.frombuffer(status, dtype=np.uint8)
+    exch = np.frombuffer(exch, dtype=np.uint8)
+    ts_arr = np.frombuffer(ts, dtype=np.int64)
+    frames = pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(frame_off), pa.py_buffer(frame)])
+    conns = pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(conn_off), pa.py_buffer(conn)])
+    bad: list[BadLine] = []
+    extra: dict[str, list[tuple[int, CaptureLine]]] = {}
+    rest = np.flatnonzero(status == 1)
+    if len(rest):
+        lines = np.frombuffer(bounds, dtype=np.int64).reshape(-1, 2)
+        for i in rest:
+            raw = data[lines[i, 0] : lines[i, 1]]
+            rec = _decode_line(raw, line_no + int(i) + 1, bad)
+            if rec is not None:
+                extra.setdefault(rec.exchange, []).append((int(i), rec))
+    by_ex: dict[str, ExchangeFrames] = {}
+    for code, exchange in _EX_CODES.items():
+        idx = np.flatnonzero((status == 0) & (exch == code))
+        more = extra.get(exchange, [])
+        if not len(idx) and not more:
+            continue
+        take = pa.array(idx, pa.int64())
+        group = ExchangeFrames(frames.take(take), ts_arr[idx], conns.take(take))
+        if more:  # lines the C scanner left but msgspec accepted: merge back in file order
+            pos = np.concatenate([idx, np.array([i for i, _ in more], dtype=np.int64)])
+            order = np.argsort(pos, kind="stable")
+            f = pa.concat_arrays([group.frames, pa.array([r.frame for _, r in more], pa.string())])
+            c = pa.concat_arrays([group.conn, pa.array([r.conn or "" for _, r in more], pa.string())])
+            t = np.concatenate([group.ts_recv, np.array([r.ts_recv for _, r in more], dtype=np.int64)])
+            o = pa.array(order)
+            group = ExchangeFrames(f.take(o), t[order], c.take(o))
+        by_ex[exchange] = group
+    return CaptureChunk(by_ex, bad, n, len(data))
+
+
+def _decode_line(raw: bytes, line_no: int, bad: list[BadLine]) -> CaptureLine | None:
+    try:
+        rec = _dec.decode(raw)
+    except UnicodeDecodeError as exc:
+        bad.append(_bad(line_no, raw, f"bad capture line: invalid UTF-8 ({exc.reason} at byte {exc.start})"))
+        return None
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        if raw.strip():
+            bad.append(_bad(line_no, raw, f"bad capture line: {exc}"))
+        return None
+    if rec.exchange not in EXCHANGES:
+        bad.append(_bad(line_no, raw, f"bad capture line: unknown exchange {rec.exchange!r}"))
+        return None
+    if not MIN_TS_US <= rec.ts_recv < MAX_TS_RECV_US:
+        bad.append(_bad(line_no, raw, f"bad capture line: ts_recv out of range ({rec.ts_recv})"))
+        return None
+    return rec
+
+
+def _read_lines(path: str | os.PathLike[str], chunk_lines: int) -> Iterator[CaptureChunk]:
+    """Pure-Python reader (no C scanner): msgspec decodes every line."""
     line_no = 0
     with open_capture(path) as fh:
         while True:
@@ -83,25 +223,11 @@ def read_capture(path: str | os.PathLike[str], chunk_lines: int = 50_000) -> Ite
             by_ex: dict[str, ExchangeFrames] = {}
             bad: list[BadLine] = []
             size = 0
-            decode = _dec.decode
             for raw in lines:
                 line_no += 1
                 size += len(raw)
-                try:
-                    rec = decode(raw)
-                except UnicodeDecodeError as exc:
-                    bad.append(_bad(line_no, raw, f"bad capture line: invalid UTF-8 ({exc.reason} at byte {exc.start})"))
-                    continue
-                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                    if not raw.strip():
-                        continue
-                    bad.append(_bad(line_no, raw, f"bad capture line: {exc}"))
-                    continue
-                if rec.exchange not in EXCHANGES:
-                    bad.append(_bad(line_no, raw, f"bad capture line: unknown exchange {rec.exchange!r}"))
-                    continue
-                if not MIN_TS_US <= rec.ts_recv < MAX_TS_RECV_US:
-                    bad.append(_bad(line_no, raw, f"bad capture line: ts_recv out of range ({rec.ts_recv})"))
+                rec = _decode_line(raw, line_no, bad)
+                if rec is None:
                     continue
                 group = by_ex.get(rec.exchange)
                 if group is None:

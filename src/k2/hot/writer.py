@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -52,6 +53,7 @@ class HotWriter:
         self.stats = WriterStats()
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="k2-hot-writer", daemon=True)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="k2-raw-writer")
         self._lock = threading.Lock()
 
     def start(self) -> "HotWriter":
@@ -90,6 +92,9 @@ class HotWriter:
                     self.bus.ack(b)
         except BaseException as exc:  # reported through join()
             self.error = exc
+        finally:
+            self._pool.shutdown(wait=True)
+        if self.error is not None:
             # keep draining so a publisher blocked on a full bus is released; it sees ``error`` and stops
             while not getattr(self.bus, "drained", True):
                 self.bus.consume(timeout=0.1)
@@ -98,11 +103,17 @@ class HotWriter:
         raw = _concat([b.raw for b in group])
         dead = _concat([b.dead for b in group])
         trades = _concat([b.trades for b in group])
+        raw_job = None
         if self.store_raw and raw.num_rows:
-            self._retry(self.store.insert_raw, raw)
-        if dead.num_rows:
-            self._retry(self.store.insert_dead_letters, dead)
-        res = self._retry(self.store.insert_trades, trades) if trades.num_rows else None
+            # raw frames are stored on their own connection while the trades go in (two cores at work)
+            raw_job = self._pool.submit(self._retry, self.store.insert_raw, raw)
+        try:
+            if dead.num_rows:
+                self._retry(self.store.insert_dead_letters, dead)
+            res = self._retry(self.store.insert_trades, trades) if trades.num_rows else None
+        finally:
+            if raw_job is not None:
+                raw_job.result()
         with self._lock:
             s = self.stats
             s.batches += len(group)

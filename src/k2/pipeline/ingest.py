@@ -13,6 +13,10 @@ from k2.model.trade import TRADE_SCHEMA, TS_TYPE
 from k2.venues.base import ParseResult
 
 
+def _py(value):
+    return value.as_py() if isinstance(value, pa.Scalar) else value
+
+
 def _to_bytes(frame: str | bytes) -> bytes:
     return frame if isinstance(frame, bytes) else frame.encode("utf-8", "surrogateescape")
 
@@ -22,7 +26,7 @@ def raw_table(exchange: str, frames: Sequence[str], ts_recv: Sequence[int], conn
     return pa.Table.from_arrays(
         [
             pa.repeat(pa.scalar(exchange, pa.string()), n),
-            pa.array(conn, pa.string()),
+            conn if isinstance(conn, pa.Array) else pa.array(conn, pa.string()),
             pa.array(np.asarray(ts_recv, dtype=np.int64), pa.int64()).cast(TS_TYPE),
             _frames_array(frames),
         ],
@@ -31,6 +35,8 @@ def raw_table(exchange: str, frames: Sequence[str], ts_recv: Sequence[int], conn
 
 
 def _frames_array(frames: Sequence[str | bytes]) -> pa.Array:
+    if isinstance(frames, pa.Array):
+        return frames
     try:
         return pa.array(frames, pa.string())
     except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeError):
@@ -64,7 +70,7 @@ def build_batch(
     result: ParseResult,
     extra_dead: list[tuple[str, str, int, str, str | bytes]] | None = None,
 ) -> IngestBatch:
-    dead_rows = [(exchange, conn[i], ts_recv[i], reason, frames[i]) for i, reason in result.dead]
+    dead_rows = [(exchange, _py(conn[i]), int(ts_recv[i]), reason, _py(frames[i])) for i, reason in result.dead]
     if extra_dead:
         dead_rows.extend(extra_dead)
     return IngestBatch(

@@ -57,7 +57,7 @@ def replay_files(
 ) -> ReplaySummary:
     """Replay capture files into ``store``; returns when everything is stored (raises if storing failed)."""
     summary = ReplaySummary()
-    bus = MemoryBus(max_batches=4)
+    bus = MemoryBus(max_batches=40)
     writer = HotWriter(store, bus, max_rows=writer_rows, max_delay=0.05, store_raw=store_raw).start()
     t0 = time.perf_counter()
     try:

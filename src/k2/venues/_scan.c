@@ -19,6 +19,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 typedef __int128 i128;
@@ -34,7 +35,7 @@ static int buf_reserve(buf_t *b, Py_ssize_t extra) {
     if (b->len + extra <= b->cap) return 1;
     Py_ssize_t cap = b->cap ? b->cap : 4096;
     while (cap < b->len + extra) cap *= 2;
-    char *q = PyMem_Realloc(b->p, cap);
+    char *q = realloc(b->p, (size_t)cap);
     if (!q) return 0;
     b->p = q;
     b->cap = cap;
@@ -697,10 +698,38 @@ static int coinbase_frame(cur_t *c, cols_t *out, int32_t frame, int adv_maker) {
 
 static PyObject *bytes_of(buf_t *b) {
     PyObject *o = PyBytes_FromStringAndSize(b->p ? b->p : "", b->len);
-    PyMem_Free(b->p);
+    free(b->p);
     b->p = NULL;
     b->len = b->cap = 0;
     return o;
+}
+
+static int scan_one(int kind, const char *data, Py_ssize_t len, cols_t *out, int32_t i, int adv_maker) {
+    cur_t c = {data, data + len};
+    mark_t m;
+    mark(out, &m);
+    int ok = 0;
+    if (kind == K_BINANCE) ok = binance_frame(&c, out, i);
+    else if (kind == K_KRAKEN) ok = kraken_frame(&c, out, i);
+    else if (kind == K_COINBASE) ok = coinbase_frame(&c, out, i, adv_maker);
+    if (ok != 1) rollback(out, &m);
+    return ok;
+}
+
+static PyObject *finish(cols_t *out, PyObject *fallback, int oom) {
+    if (oom) {
+        free(out->idx.p); free(out->sym.p); free(out->symoff.p); free(out->tid.p);
+        free(out->price.p); free(out->qty.p); free(out->sell.p); free(out->ts.p);
+        Py_DECREF(fallback);
+        return PyErr_NoMemory();
+    }
+    if (out->symoff.len == 0) {
+        int32_t zero = 0;
+        buf_put(&out->symoff, &zero, 4);
+    }
+    return Py_BuildValue("(nNNNNNNNNN)", out->n, fallback, bytes_of(&out->idx), bytes_of(&out->sym),
+                         bytes_of(&out->symoff), bytes_of(&out->tid), bytes_of(&out->price), bytes_of(&out->qty),
+                         bytes_of(&out->sell), bytes_of(&out->ts));
 }
 
 static PyObject *scan(PyObject *self, PyObject *args) {
@@ -744,39 +773,258 @@ static PyObject *scan(PyObject *self, PyObject *args) {
         } else {
             continue;
         }
-        cur_t c = {data, data + len};
-        mark_t m;
-        mark(&out, &m);
-        int ok = 0;
-        if (kind == K_BINANCE) ok = binance_frame(&c, &out, (int32_t)i);
-        else if (kind == K_KRAKEN) ok = kraken_frame(&c, &out, (int32_t)i);
-        else if (kind == K_COINBASE) ok = coinbase_frame(&c, &out, (int32_t)i, adv_maker);
-        if (ok == 1) {
-            fb[i] = 0;
-        } else {
-            rollback(&out, &m);
-            if (ok < 0) oom = 1;
-        }
+        int ok = scan_one(kind, data, len, &out, (int32_t)i, adv_maker);
+        if (ok == 1) fb[i] = 0;
+        else if (ok < 0) oom = 1;
     }
     Py_DECREF(seq);
+    return finish(&out, fallback, oom);
+}
+
+/* scan_arrow(kind, offsets, data, n, offset, adv): the frames of an Arrow utf8 array (int32 offsets) */
+static PyObject *scan_arrow(PyObject *self, PyObject *args) {
+    int kind, adv_maker = 1;
+    Py_buffer offs, data;
+    Py_ssize_t n, base;
+    if (!PyArg_ParseTuple(args, "iy*y*nn|p", &kind, &offs, &data, &n, &base, &adv_maker)) return NULL;
+    const int32_t *o = (const int32_t *)offs.buf;
+    PyObject *fallback = NULL;
+    if ((base + n + 1) * 4 > offs.len || n < 0 || base < 0) {
+        PyErr_SetString(PyExc_ValueError, "offsets buffer too short");
+        goto fail;
+    }
+    fallback = PyBytes_FromStringAndSize(NULL, n);
+    if (!fallback) goto fail;
+    char *fb = PyBytes_AS_STRING(fallback);
+    cols_t out;
+    memset(&out, 0, sizeof out);
+    int oom = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n && !oom; i++) {
+        int32_t a = o[base + i], b = o[base + i + 1];
+        fb[i] = 1;
+        if (a < 0 || b < a || b > data.len) continue;
+        int ok = scan_one(kind, (const char *)data.buf + a, b - a, &out, (int32_t)i, adv_maker);
+        if (ok == 1) fb[i] = 0;
+        else if (ok < 0) oom = 1;
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&offs);
+    PyBuffer_Release(&data);
+    return finish(&out, fallback, oom);
+fail:
+    PyBuffer_Release(&offs);
+    PyBuffer_Release(&data);
+    return NULL;
+}
+
+/* ---------------------------------------------------------------- capture lines */
+
+/* RFC 3629 UTF-8 validation */
+static int utf8_valid(const unsigned char *s, Py_ssize_t n) {
+    Py_ssize_t i = 0;
+    while (i < n) {
+        unsigned char c = s[i];
+        if (c < 0x80) { i++; continue; }
+        int len;
+        uint32_t cp;
+        if (c >= 0xC2 && c <= 0xDF) { len = 2; cp = c & 0x1F; }
+        else if (c >= 0xE0 && c <= 0xEF) { len = 3; cp = c & 0x0F; }
+        else if (c >= 0xF0 && c <= 0xF4) { len = 4; cp = c & 0x07; }
+        else return 0;
+        if (i + len > n) return 0;
+        for (int k = 1; k < len; k++) {
+            if ((s[i + k] & 0xC0) != 0x80) return 0;
+            cp = (cp << 6) | (s[i + k] & 0x3F);
+        }
+        if ((len == 3 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) || (len == 4 && (cp < 0x10000 || cp > 0x10FFFF)))
+            return 0;
+        i += len;
+    }
+    return 1;
+}
+
+static int hex4(const char *p, uint32_t *v) {
+    uint32_t x = 0;
+    for (int k = 0; k < 4; k++) {
+        char h = p[k];
+        x <<= 4;
+        if (h >= '0' && h <= '9') x |= (uint32_t)(h - '0');
+        else if (h >= 'a' && h <= 'f') x |= (uint32_t)(h - 'a' + 10);
+        else if (h >= 'A' && h <= 'F') x |= (uint32_t)(h - 'A' + 10);
+        else return 0;
+    }
+    *v = x;
+    return 1;
+}
+
+/* a JSON string, unescaped into out (the line is already known to be valid UTF-8) */
+static int str_unescape(cur_t *c, buf_t *out) {
+    if (!expect(c, '"')) return 0;
+    const char *run = c->p;
+    while (c->p < c->end) {
+        unsigned char ch = (unsigned char)*c->p;
+        if (ch == '"') {
+            if (!buf_put(out, run, c->p - run)) return -1;
+            c->p++;
+            return 1;
+        }
+        if (ch < 0x20) return 0;
+        if (ch != '\\') {
+            c->p++;
+            continue;
+        }
+        if (!buf_put(out, run, c->p - run)) return -1;
+        if (c->p + 1 >= c->end) return 0;
+        char e = c->p[1];
+        char one;
+        switch (e) {
+            case '"': one = '"'; break;
+            case '\\': one = '\\'; break;
+            case '/': one = '/'; break;
+            case 'b': one = '\b'; break;
+            case 'f': one = '\f'; break;
+            case 'n': one = '\n'; break;
+            case 'r': one = '\r'; break;
+            case 't': one = '\t'; break;
+            case 'u': {
+                uint32_t cp, lo;
+                if (c->end - c->p < 6 || !hex4(c->p + 2, &cp)) return 0;
+                c->p += 6;
+                if (cp >= 0xDC00 && cp <= 0xDFFF) return 0; /* lone low surrogate */
+                if (cp >= 0xD800 && cp <= 0xDBFF) {
+                    if (c->end - c->p < 6 || c->p[0] != '\\' || c->p[1] != 'u' || !hex4(c->p + 2, &lo) || lo < 0xDC00 ||
+                        lo > 0xDFFF)
+                        return 0; /* lone high surrogate */
+                    cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+                    c->p += 6;
+                }
+                char u[4];
+                int k;
+                if (cp < 0x80) { u[0] = (char)cp; k = 1; }
+                else if (cp < 0x800) { u[0] = (char)(0xC0 | (cp >> 6)); u[1] = (char)(0x80 | (cp & 0x3F)); k = 2; }
+                else if (cp < 0x10000) {
+                    u[0] = (char)(0xE0 | (cp >> 12)); u[1] = (char)(0x80 | ((cp >> 6) & 0x3F)); u[2] = (char)(0x80 | (cp & 0x3F)); k = 3;
+                } else {
+                    u[0] = (char)(0xF0 | (cp >> 18)); u[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
+                    u[2] = (char)(0x80 | ((cp >> 6) & 0x3F)); u[3] = (char)(0x80 | (cp & 0x3F)); k = 4;
+                }
+                if (!buf_put(out, u, k)) return -1;
+                run = c->p;
+                continue;
+            }
+            default:
+                return 0;
+        }
+        if (!buf_put(out, &one, 1)) return -1;
+        c->p += 2;
+        run = c->p;
+    }
+    return 0;
+}
+
+/*
+ * scan_capture(block, min_ts, max_ts) over complete capture lines.
+ * status per line: 0 = decoded here, 1 = for the general path (any doubt), 2 = blank.
+ * Returns (n, status, exchange, ts_recv, conn_data, conn_offsets, frame_data, frame_offsets, line_bounds).
+ */
+static PyObject *scan_capture(PyObject *self, PyObject *args) {
+    Py_buffer in;
+    long long min_ts, max_ts;
+    if (!PyArg_ParseTuple(args, "y*LL", &in, &min_ts, &max_ts)) return NULL;
+    buf_t status = {0}, exch = {0}, ts = {0}, conn = {0}, connoff = {0}, frame = {0}, frameoff = {0}, bounds = {0};
+    const char *p = (const char *)in.buf, *end = p + in.len;
+    Py_ssize_t n = 0;
+    int32_t zero = 0;
+    int oom = !buf_put(&connoff, &zero, 4) || !buf_put(&frameoff, &zero, 4), too_large = 0;
+    Py_BEGIN_ALLOW_THREADS
+    while (p < end && !oom && !too_large) {
+        const char *nl = memchr(p, '\n', end - p);
+        const char *le = nl ? nl : end;
+        int64_t b[2] = {p - (const char *)in.buf, le - (const char *)in.buf};
+        const char *q = p;
+        p = nl ? nl + 1 : end;
+        Py_ssize_t c_mark = conn.len, f_mark = frame.len;
+        uint8_t st = 1, ex = 0;
+        int64_t t = 0;
+        const char *ls = q, *lend = le;
+        while (ls < lend && (*ls == ' ' || *ls == '\t' || *ls == '\r')) ls++;
+        if (ls == lend) {
+            st = 2;
+        } else if (utf8_valid((const unsigned char *)q, le - q)) {
+            cur_t c = {q, le};
+            int first = 1, rc, seen = 0, bad = 0;
+            const char *k, *s;
+            Py_ssize_t kn, sn;
+            if (!expect(&c, '{')) bad = 1;
+            while (!bad && (rc = next_key(&c, &first, &k, &kn)) == 1) {
+                if (KEY("exchange")) {
+                    if (seen & 1 || !str_plain(&c, &s, &sn)) { bad = 1; break; }
+                    if (TEXT(s, sn, "binance")) ex = K_BINANCE;
+                    else if (TEXT(s, sn, "kraken")) ex = K_KRAKEN;
+                    else if (TEXT(s, sn, "coinbase")) ex = K_COINBASE;
+                    else { bad = 1; break; }
+                    seen |= 1;
+                } else if (KEY("ts_recv")) {
+                    uint64_t v;
+                    if (seen & 2 || !uint_token(&c, &v) || (long long)v < min_ts || (long long)v >= max_ts) { bad = 1; break; }
+                    t = (int64_t)v;
+                    seen |= 2;
+                } else if (KEY("frame")) {
+                    int r;
+                    if (seen & 4 || (r = str_unescape(&c, &frame)) != 1) { oom = r < 0; bad = 1; break; }
+                    seen |= 4;
+                } else if (KEY("conn")) {
+                    int r;
+                    if (seen & 8) { bad = 1; break; }
+                    if (peek(&c) == '"') {
+                        if ((r = str_unescape(&c, &conn)) != 1) { oom = r < 0; bad = 1; break; }
+                    } else if (!skip_literal(&c, "null")) { bad = 1; break; }
+                    seen |= 8;
+                } else if (!skip_value(&c, 0)) {
+                    bad = 1;
+                }
+            }
+            if (!bad && rc == 0 && (seen & 7) == 7) {
+                while (c.p < c.end && (*c.p == ' ' || *c.p == '\t' || *c.p == '\r')) c.p++;
+                if (c.p == c.end) st = 0;
+            }
+        }
+        if (st != 0) {
+            conn.len = c_mark;
+            frame.len = f_mark;
+        }
+        int32_t co = (int32_t)conn.len, fo = (int32_t)frame.len;
+        if (!buf_put(&status, &st, 1) || !buf_put(&exch, &ex, 1) || !buf_put(&ts, &t, 8) || !buf_put(&connoff, &co, 4) ||
+            !buf_put(&frameoff, &fo, 4) || !buf_put(&bounds, b, 16))
+            oom = 1;
+        if (frame.len > 0x7fff0000 || conn.len > 0x7fff0000) too_large = 1;
+        n++;
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&in);
+    if (too_large) {
+        free(status.p); free(exch.p); free(ts.p); free(conn.p); free(connoff.p);
+        free(frame.p); free(frameoff.p); free(bounds.p);
+        PyErr_SetString(PyExc_ValueError, "capture block too large");
+        return NULL;
+    }
     if (oom) {
-        PyMem_Free(out.idx.p); PyMem_Free(out.sym.p); PyMem_Free(out.symoff.p); PyMem_Free(out.tid.p);
-        PyMem_Free(out.price.p); PyMem_Free(out.qty.p); PyMem_Free(out.sell.p); PyMem_Free(out.ts.p);
-        Py_DECREF(fallback);
+        free(status.p); free(exch.p); free(ts.p); free(conn.p); free(connoff.p);
+        free(frame.p); free(frameoff.p); free(bounds.p);
         return PyErr_NoMemory();
     }
-    if (out.symoff.len == 0) {
-        int32_t zero = 0;
-        buf_put(&out.symoff, &zero, 4);
-    }
-    return Py_BuildValue("(nNNNNNNNNN)", out.n, fallback, bytes_of(&out.idx), bytes_of(&out.sym),
-                         bytes_of(&out.symoff), bytes_of(&out.tid), bytes_of(&out.price), bytes_of(&out.qty),
-                         bytes_of(&out.sell), bytes_of(&out.ts));
+    return Py_BuildValue("(nNNNNNNNN)", n, bytes_of(&status), bytes_of(&exch), bytes_of(&ts), bytes_of(&conn),
+                         bytes_of(&connoff), bytes_of(&frame), bytes_of(&frameoff), bytes_of(&bounds));
 }
 
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS,
      "scan(kind, frames, adv_side_is_maker=True) -> (n, fallback, idx, sym, symoff, tid, price, qty, sell, ts)"},
+    {"scan_arrow", scan_arrow, METH_VARARGS,
+     "scan_arrow(kind, offsets, data, n, offset, adv_side_is_maker=True): scan over an Arrow utf8 array"},
+    {"scan_capture", scan_capture, METH_VARARGS,
+     "scan_capture(block, min_ts, max_ts) -> (n, status, exchange, ts_recv, conn, conn_off, frame, frame_off, bounds)"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_scan", "Fast path for common trade frame shapes.", -1,

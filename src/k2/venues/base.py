@@ -97,7 +97,7 @@ def decimal_reason(value: object) -> str:
     if not d.is_finite():
         return f"not a finite decimal ({value!r})"
     if d <= 0:
-        return f"not positive ({value!r})"
+        return f"not positive ({canonical_decimal(d)!r})"
     exp = d.normalize().as_tuple().exponent
     if isinstance(exp, int) and -exp > DEC_SCALE:
         return f"more than {DEC_SCALE} decimal places ({value!r})"
@@ -319,9 +319,21 @@ def scan_then_parse(
     The fast path only takes frames whose every field it fully understands, so results are the same as the
     msgspec path's (tests/venues/test_fast_path.py checks that); it only skips building Python objects.
     """
-    if _scan is None or not frames:
-        return py_parse(frames, ts_recv)
-    n, fb, idx, sym, symoff, tid, price, qty, sell, ts = _scan.scan(kind, frames, adv_side_is_maker)
+    if isinstance(frames, pa.ChunkedArray):
+        frames = frames.combine_chunks()
+    if len(frames) == 0:
+        return py_parse([], ts_recv)
+    if _scan is None:
+        return py_parse(frames.to_pylist() if isinstance(frames, pa.Array) else frames, ts_recv)
+    if isinstance(frames, pa.Array):
+        if frames.type != pa.string():
+            frames = frames.cast(pa.string())
+        _, offsets, data = frames.buffers()
+        n, fb, idx, sym, symoff, tid, price, qty, sell, ts = _scan.scan_arrow(
+            kind, offsets, data if data is not None else b"", len(frames), frames.offset, adv_side_is_maker
+        )
+    else:
+        n, fb, idx, sym, symoff, tid, price, qty, sell, ts = _scan.scan(kind, frames, adv_side_is_maker)
     rest = np.flatnonzero(np.frombuffer(fb, dtype=np.uint8))
     result = ParseResult(trades=None)  # type: ignore[arg-type]
     result.trade_frames = len(frames) - len(rest)
@@ -335,7 +347,10 @@ def scan_then_parse(
     finalize_trades(exchange, wire_map, raw, ts_recv, result)
     if len(rest) == 0:
         return result
-    sub = py_parse([frames[i] for i in rest], [ts_recv[i] for i in rest])
+    if isinstance(frames, pa.Array):
+        sub = py_parse([frames[int(i)].as_py() for i in rest], [int(ts_recv[i]) for i in rest])
+    else:
+        sub = py_parse([frames[i] for i in rest], [ts_recv[i] for i in rest])
     result.trade_frames += sub.trade_frames
     result.control += sub.control
     result.ignored += sub.ignored
