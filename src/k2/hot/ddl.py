@@ -99,9 +99,9 @@ FROM (
 V1: list[str] = [
     f"""CREATE TABLE IF NOT EXISTS raw_frames (
     exchange LowCardinality(String),
-    conn String CODEC(ZSTD(1)),
+    conn LowCardinality(String),
     ts_recv {TS} CODEC(Delta, ZSTD(1)),
-    frame String CODEC(ZSTD(3)),
+    frame String CODEC(ZSTD(1)),
     frame_hash UInt64 DEFAULT cityHash64(frame)
 ) ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMM(ts_recv)
