@@ -17,6 +17,7 @@ Migrations are append-only: never edit a released one, add the next version.
 from __future__ import annotations
 
 DEC = "Decimal(38, 18)"
+WIDE = "Decimal(76, 18)"
 QDEC = "Decimal(76, 36)"
 TS = "DateTime64(6, 'UTC')"
 
@@ -59,7 +60,9 @@ SELECT exchange, symbol,
     min(price) AS low,
     argMaxState(price, (ts, trade_id)) AS close,
     sum(qty) AS volume,
-    sum(CAST(price AS {QDEC}) * qty) AS quote_volume,
+    -- Decimal(76, 18) x Decimal(38, 18) is Decimal(76, 36): exact, 40 integer digits. (Decimal(38, 18) x
+    -- Decimal(38, 18) would silently overflow in ClickHouse.)
+    sum(CAST(price AS {WIDE}) * qty) AS quote_volume,
     toUInt64(count()) AS trade_count
 FROM trades_store
 GROUP BY exchange, symbol, bucket"""
@@ -129,14 +132,31 @@ ORDER BY (exchange, ts_recv, frame_hash, reason)""",
     ts_recv {TS} CODEC(Delta, ZSTD(1)),
     ingest_seq UInt64 CODEC(Delta, ZSTD(1)),
     INDEX ts_minmax ts TYPE minmax GRANULARITY 1,
-    INDEX seq_minmax ingest_seq TYPE minmax GRANULARITY 1
+    INDEX seq_minmax ingest_seq TYPE minmax GRANULARITY 1,
+    -- daily aggregates, in exactly the expressions the `trades` view expands to, so "daily volume and VWAP
+    -- per pair" written against `trades` is answered from this projection instead of a full scan
+    PROJECTION p_daily (
+        SELECT exchange, symbol, toDate(ts),
+            sum(CAST(qty AS {WIDE})),
+            sum(CAST(price AS {WIDE}) * CAST(qty AS {WIDE})),
+            min(price), max(price), count()
+        GROUP BY exchange, symbol, toDate(ts)
+    )
 ) ENGINE = MergeTree
 PARTITION BY toYYYYMM(ts)
-ORDER BY (exchange, symbol, trade_id)""",
+ORDER BY (exchange, symbol, trade_id)
+SETTINGS lightweight_mutation_projection_mode = 'rebuild', deduplicate_merge_projection_mode = 'rebuild'""",
     *[_candle_store(name) for name, _, _ in TIMEFRAMES],
     *[_candle_mv(name, interval) for name, interval, _ in TIMEFRAMES],
-    """CREATE VIEW IF NOT EXISTS trades AS
-SELECT exchange, symbol, trade_id, price, qty, side, ts, ts_recv, native_symbol, ingest_seq
+    # price and qty are widened to Decimal(76, 18) in the view: ClickHouse multiplies Decimal(38, 18) values
+    # into Decimal(38, 36) and overflows silently, so a user's plain `price * qty` would be wrong. Widened,
+    # `price * qty` is an exact Decimal(76, 36); `quote_qty` is that product, spelled out.
+    f"""CREATE VIEW IF NOT EXISTS trades AS
+SELECT exchange, symbol, trade_id,
+    CAST(price AS {WIDE}) AS price,
+    CAST(qty AS {WIDE}) AS qty,
+    side, ts, ts_recv, native_symbol, ingest_seq,
+    price * qty AS quote_qty  -- over the aliases above: the same expression as a user's price * qty
 FROM trades_store""",
     *[_candle_view(name) for name, _, _ in TIMEFRAMES],
     """CREATE VIEW IF NOT EXISTS dead_letters AS

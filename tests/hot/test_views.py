@@ -1,0 +1,46 @@
+"""The public views: exact arithmetic on what users naturally write, and cheap daily aggregates."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from k2.model.trade import Trade
+from tests.hot.test_candles_property import to_table
+
+T0 = 1_784_073_600_000_000
+
+
+def test_price_times_qty_is_exact_in_the_trades_view(store):
+    # Decimal(38,18) * Decimal(38,18) overflows silently in ClickHouse (117000.12 * 0.5 gave -28.5...):
+    # the view widens price and qty so a user's plain product is exact.
+    trades = [
+        Trade("binance", "BTC-USDT", "BTCUSDT", 1, Decimal("117000.12"), Decimal("0.5"), "buy", T0, T0),
+        Trade("binance", "BTC-USDT", "BTCUSDT", 2, Decimal("99999999999999999999.999999999999999999"), Decimal("99999999999999999999"), "sell", T0, T0),
+        Trade("binance", "BTC-USDT", "BTCUSDT", 3, Decimal("0.000000000000000001"), Decimal("0.000000000000000001"), "sell", T0, T0),
+    ]
+    store.insert_trades(to_table(trades))
+    rows = store.query_arrow("SELECT trade_id, price * qty AS pq, quote_qty FROM trades ORDER BY trade_id").to_pylist()
+    for t, r in zip(trades, rows):
+        assert r["pq"] == r["quote_qty"] == t.price * t.qty * 1, t
+    total = store.query_arrow("SELECT sum(price * qty) AS s FROM trades").column(0)[0].as_py()
+    assert total == sum(t.price * t.qty for t in trades)
+
+
+def test_daily_vwap_from_trades_reads_the_projection(store):
+    trades = [
+        Trade("kraken", "BTC-USD", "BTC/USD", i, Decimal(100 + i).scaleb(-1), Decimal(i).scaleb(-3), "buy", T0 + i * 3_600_000_000, T0)
+        for i in range(1, 60)
+    ]
+    store.insert_trades(to_table(trades))
+    sql = (
+        "SELECT exchange, symbol, toDate(ts) AS d, sum(qty) AS v, sum(price * qty) / sum(qty) AS vwap, count() AS n "
+        "FROM trades GROUP BY exchange, symbol, d ORDER BY d SETTINGS force_optimize_projection = 1"
+    )
+    rows = store.query_arrow(sql).to_pylist()  # raises if the projection is not used
+    by_day: dict = {}
+    for t in trades:
+        by_day.setdefault(t.ts // 86_400_000_000, []).append(t)
+    assert [r["n"] for r in rows] == [len(v) for _, v in sorted(by_day.items())]
+    for r, (_, day) in zip(rows, sorted(by_day.items())):
+        assert r["v"] == sum(t.qty for t in day)
+        assert abs(r["vwap"] - sum(t.price * t.qty for t in day) / sum(t.qty for t in day)) < Decimal("1e-30")
