@@ -5,6 +5,7 @@ from __future__ import annotations
 from decimal import Context, Decimal, localcontext
 
 from k2.hot.ddl import TIMEFRAME_SECONDS
+from k2.model.trade import EXACT
 
 
 
@@ -65,4 +66,4 @@ def stored(store, timeframe: str) -> dict[tuple[str, str, int], tuple]:
 
 
 def normalize(d: dict) -> dict:
-    return {k: tuple(v.normalize() if isinstance(v, Decimal) else v for v in vals) for k, vals in d.items()}
+    return {k: tuple(v.normalize(EXACT) if isinstance(v, Decimal) else v for v in vals) for k, vals in d.items()}

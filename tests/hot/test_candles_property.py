@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from k2.hot.chdb_store import ChdbStore
 from k2.hot.ddl import TIMEFRAMES
-from k2.model.trade import DECIMAL_TYPE, TRADE_SCHEMA, TS_TYPE, Trade, trades_from_table
+from k2.model.trade import DECIMAL_TYPE, EXACT, TRADE_SCHEMA, TS_TYPE, Trade, trades_from_table
 from tests.candles import normalize, recompute, stored
 
 T0 = 1_784_073_600_000_000  # 2026-07-15 00:00 UTC
@@ -75,7 +75,7 @@ def check(store, expected_trades):
     keys = [t.key for t in stored_trades]
     assert len(keys) == len(set(keys)), "a trade is stored twice"
     assert {t.key: (t.price, t.qty, t.ts) for t in stored_trades} == {
-        t.key: (t.price.normalize(), t.qty.normalize(), t.ts) for t in expected_trades
+        t.key: (t.price.normalize(EXACT), t.qty.normalize(EXACT), t.ts) for t in expected_trades
     }
     for tf, _, _ in TIMEFRAMES:
         assert normalize(stored(store, tf)) == normalize(recompute(stored_trades, tf)), tf

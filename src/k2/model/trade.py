@@ -7,7 +7,7 @@ the API and anything that wants Python objects; its price and quantity are ``dec
 
 from __future__ import annotations
 
-from decimal import Decimal
+from decimal import Context, Decimal
 
 import msgspec
 import pyarrow as pa
@@ -33,9 +33,14 @@ TRADE_SCHEMA = pa.schema(
 )
 
 
+#: ``Decimal.normalize()`` rounds to its context's precision (28 digits by default): stored values have up to
+#: 38 (and products 76), so every normalization goes through this context.
+EXACT = Context(prec=100)
+
+
 def canonical_decimal(value: Decimal) -> str:
     """Decimal text with no exponent and no trailing zeros (``117200.000`` -> ``117200``)."""
-    text = format(value.normalize(), "f")
+    text = format(value.normalize(EXACT), "f")
     return "0" if text in ("-0", "0") else text
 
 
@@ -72,7 +77,7 @@ def trades_from_table(table: pa.Table) -> list[Trade]:
             cols["side"].to_pylist(),
         )
     ):
-        out.append(Trade(ex, sym, nat, tid, p.normalize(), q.normalize(), side, ts[i], ts_recv[i]))
+        out.append(Trade(ex, sym, nat, tid, p.normalize(EXACT), q.normalize(EXACT), side, ts[i], ts_recv[i]))
     return out
 
 

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from k2.model.instrument import Instrument
-from k2.model.trade import DEC_SCALE, DECIMAL_TYPE, TRADE_SCHEMA, TS_TYPE, canonical_decimal
+from k2.model.trade import DEC_SCALE, DECIMAL_TYPE, EXACT, TRADE_SCHEMA, TS_TYPE, canonical_decimal
 
 try:  # the optional C fast path (setup.py); without it the msgspec path does all the work
     from k2.venues import _scan
@@ -98,7 +98,7 @@ def decimal_reason(value: object) -> str:
         return f"not a finite decimal ({value!r})"
     if d <= 0:
         return f"not positive ({canonical_decimal(d)!r})"
-    exp = d.normalize().as_tuple().exponent
+    exp = d.normalize(EXACT).as_tuple().exponent  # not the default 28-digit context: it would round
     if isinstance(exp, int) and -exp > DEC_SCALE:
         return f"more than {DEC_SCALE} decimal places ({value!r})"
     if d >= Decimal(10) ** (38 - DEC_SCALE):
