@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from k2.errors import QueryFailed, RetryableStoreError, StoreError
-from k2.hot.ddl import LATEST_VERSION, MIGRATIONS, MIGRATIONS_TABLE
+from k2.hot.ddl import LATEST_VERSION, MIGRATIONS, MIGRATIONS_TABLE, TIMEFRAMES, candle_rebuild_sql
 from k2.hot.store import InsertResult
 
 _TRADE_COLUMNS = "exchange, symbol, native_symbol, trade_id, price, qty, side, ts, ts_recv, ingest_seq"
@@ -74,6 +74,43 @@ class ChdbStore:
         row = self.query_arrow("SELECT max(ingest_seq) AS s, count() AS n FROM trades_store")
         self._next_seq = (row["s"][0].as_py() + 1) if row["n"][0].as_py() else 1
         self._max_id: dict[str, int] | None = None  # highest stored trade_id per 'exchange<US>symbol'
+        self.repaired_months = self.check_candles(repair=True)
+
+    # -- candle consistency ---------------------------------------------------------------------------
+    def check_candles(self, repair: bool = False) -> list[int]:
+        """Months (YYYYMM) whose candles do not count every stored trade; rebuilt from trades when ``repair``.
+
+        ClickHouse materialized views are not transactional with their source insert: a process killed between
+        the trades part and a candle part leaves the candles short. Parts are atomic, so comparing per-month
+        trade counts with each candle store's ``sum(trade_count)`` finds any lost (or doubled) part. A month is
+        rebuilt by dropping its candle partitions and re-aggregating its trades into the 1m store, whose
+        cascade refills 5m ... 1d. Every candle store is partitioned by month and no bucket spans two months.
+        """
+        # trades_store is partitioned by toYYYYMM(ts): its per-month counts are metadata (no scan)
+        trades = {
+            r["m"]: r["n"]
+            for r in self.query_arrow(
+                "SELECT toUInt32(partition) AS m, sum(rows) AS n FROM system.parts "
+                "WHERE database = currentDatabase() AND table = 'trades_store' AND active GROUP BY partition"
+            ).to_pylist()
+        }
+        bad: set[int] = set()
+        for name, _, _ in TIMEFRAMES:
+            candles = {
+                r["m"]: r["n"]
+                for r in self.query_arrow(
+                    f"SELECT toYYYYMM(bucket) AS m, sum(trade_count) AS n FROM ohlcv_{name}_store GROUP BY m"
+                ).to_pylist()
+            }
+            bad.update(m for m in set(trades) | set(candles) if trades.get(m, 0) != candles.get(m, 0))
+        months = sorted(bad)
+        if repair:
+            for month in months:
+                with self._lock:
+                    for name, _, _ in TIMEFRAMES:
+                        self._exec(f"ALTER TABLE ohlcv_{name}_store DROP PARTITION {month}")
+                    self._exec(candle_rebuild_sql(month))
+        return months
 
     # -- schema ---------------------------------------------------------------------------------------
     def migrate(self) -> int:

@@ -54,7 +54,16 @@ SETTINGS index_granularity = 256"""
 def _candle_mv(name: str, interval: str) -> str:
     if name == "1m":
         return f"""CREATE MATERIALIZED VIEW IF NOT EXISTS ohlcv_1m_mv TO ohlcv_1m_store AS
-SELECT exchange, symbol,
+{_ONE_MINUTE_SELECT}"""
+    return _cascade_mv(name, interval)
+
+
+def candle_rebuild_sql(month: int) -> str:
+    """Re-aggregate one month (YYYYMM) of trades into the 1m store; the cascade refills 5m ... 1d."""
+    return f"INSERT INTO ohlcv_1m_store {_ONE_MINUTE_SELECT.replace('FROM trades_store', f'FROM trades_store WHERE toYYYYMM(ts) = {int(month)}')}"
+
+
+_ONE_MINUTE_SELECT = f"""SELECT exchange, symbol,
     toStartOfMinute(toDateTime(ts, 'UTC')) AS bucket,
     argMinState(price, (ts, trade_id)) AS open,
     max(price) AS high,
@@ -67,6 +76,9 @@ SELECT exchange, symbol,
     toUInt64(count()) AS trade_count
 FROM trades_store
 GROUP BY exchange, symbol, bucket"""
+
+
+def _cascade_mv(name: str, interval: str) -> str:
     return f"""CREATE MATERIALIZED VIEW IF NOT EXISTS ohlcv_{name}_mv TO ohlcv_{name}_store AS
 SELECT exchange, symbol,
     toDateTime(toStartOfInterval(bucket, {interval}), 'UTC') AS bucket,
