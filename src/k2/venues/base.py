@@ -86,8 +86,28 @@ class RawTrades:
     ts_text: bool = False
 
 
-def decimal_reason(value: object) -> str:
-    """Why a wire value is not an acceptable price or quantity ('' when it is)."""
+def decode_object(decoder: msgspec.json.Decoder, i: int, frame: str | bytes, result: ParseResult) -> dict | None:
+    """The general path's first step: the frame as a JSON object, or a dead letter saying why not."""
+    try:
+        msg = decoder.decode(frame)
+    except msgspec.DecodeError as exc:
+        result.dead.append((i, f"invalid JSON: {exc}"))
+        return None
+    except UnicodeError as exc:
+        result.dead.append((i, f"invalid UTF-8: {exc.reason} at {exc.start}"))
+        return None
+    if not isinstance(msg, dict):
+        result.dead.append((i, "not a JSON object"))
+        return None
+    return msg
+
+
+def decimal_reason(value: object, positive: bool = True) -> str:
+    """Why a wire value is not an acceptable price or quantity ('' when it is).
+
+    ``positive=False`` leaves the sign to the later vectorized check, so both parse paths report the reasons of
+    a frame in the same order (format, time range, then sign).
+    """
     if isinstance(value, bool) or value is None:
         return f"not a decimal ({value!r})"
     try:
@@ -96,12 +116,12 @@ def decimal_reason(value: object) -> str:
         return f"not a decimal ({value!r})"
     if not d.is_finite():
         return f"not a finite decimal ({value!r})"
-    if d <= 0:
+    if positive and d <= 0:
         return f"not positive ({canonical_decimal(d)!r})"
     exp = d.normalize(EXACT).as_tuple().exponent  # not the default 28-digit context: it would round
     if isinstance(exp, int) and -exp > DEC_SCALE:
         return f"more than {DEC_SCALE} decimal places ({value!r})"
-    if d >= Decimal(10) ** (38 - DEC_SCALE):
+    if abs(d) >= Decimal(10) ** (38 - DEC_SCALE):
         return f"too large ({value!r})"
     if isinstance(value, str) and value != value.strip():
         return f"not a decimal ({value!r})"
@@ -123,7 +143,7 @@ def _decimal_column(values, name: str, bad: dict[int, str]) -> pa.Array:
         pass
     out = []
     for i, v in enumerate(values):
-        why = decimal_reason(v)
+        why = decimal_reason(v, positive=False)
         if why:
             bad.setdefault(i, f"{name}: {why}")
             out.append(Decimal(1))

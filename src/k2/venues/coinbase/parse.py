@@ -16,7 +16,7 @@ from decimal import Decimal
 import msgspec
 
 from k2.model.instrument import InstrumentTable
-from k2.venues.base import ControlEvent, ParseResult, RawTrades, _scan, finalize_trades, scan_then_parse
+from k2.venues.base import ControlEvent, ParseResult, RawTrades, _scan, decode_object, finalize_trades, scan_then_parse
 from k2.venues.coinbase.schemas import AdvancedTrade, LastMatch, MarketTrades, Match
 
 _KIND = _scan.COINBASE if _scan is not None else 0
@@ -93,16 +93,8 @@ class CoinbaseParser:
             result.dead.append((i, unknown))
 
     def _slow(self, i, frame, result: ParseResult, matches, m_where, adv, a_where) -> None:
-        try:
-            msg = _dec_any.decode(frame)
-        except msgspec.DecodeError as exc:
-            result.dead.append((i, f"invalid JSON: {exc}"))
-            return
-        except UnicodeError as exc:
-            result.dead.append((i, f"invalid UTF-8: {exc.reason} at {exc.start}"))
-            return
-        if not isinstance(msg, dict):
-            result.dead.append((i, "not a JSON object"))
+        msg = decode_object(_dec_any, i, frame, result)
+        if msg is None:
             return
         kind, channel = msg.get("type"), msg.get("channel")
         if kind in ("match", "last_match"):

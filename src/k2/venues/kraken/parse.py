@@ -13,7 +13,7 @@ from decimal import Decimal
 import msgspec
 
 from k2.model.instrument import InstrumentTable
-from k2.venues.base import ControlEvent, ParseResult, RawTrades, _scan, finalize_trades, scan_then_parse
+from k2.venues.base import ControlEvent, ParseResult, RawTrades, _scan, decode_object, finalize_trades, scan_then_parse
 from k2.venues.kraken.schemas import Trade, TradeMessage
 
 _KIND = _scan.KRAKEN if _scan is not None else 0
@@ -63,16 +63,8 @@ class KrakenParser:
         return result
 
     def _slow(self, i: int, frame: str | bytes, result: ParseResult, trades: list, where: list) -> None:
-        try:
-            msg = _dec_any.decode(frame)
-        except msgspec.DecodeError as exc:
-            result.dead.append((i, f"invalid JSON: {exc}"))
-            return
-        except UnicodeError as exc:
-            result.dead.append((i, f"invalid UTF-8: {exc.reason} at {exc.start}"))
-            return
-        if not isinstance(msg, dict):
-            result.dead.append((i, "not a JSON object"))
+        msg = decode_object(_dec_any, i, frame, result)
+        if msg is None:
             return
         channel, method = msg.get("channel"), msg.get("method")
         if channel == "trade":
