@@ -38,6 +38,7 @@ from importlib import metadata  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import frames as F  # noqa: E402
+from _machine import cpu_model  # noqa: E402
 
 import pyarrow as pa  # noqa: E402
 
@@ -48,17 +49,6 @@ UNIT = Decimal(F.UNIT)
 
 
 # ----------------------------------------------------------------------------- environment
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def unpinned_threads() -> list[str]:

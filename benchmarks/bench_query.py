@@ -52,6 +52,7 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
+from _machine import cpu_model
 from k2.model import DECIMAL_TYPE, TRADE_SCHEMA, InstrumentTable
 
 HERE = Path(__file__).resolve().parent
@@ -569,17 +570,6 @@ def insert_probe(store, args, k: int) -> str:
 
 
 # ----------------------------------------------------------------------------- main
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def version(dist: str) -> str:

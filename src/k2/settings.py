@@ -24,13 +24,13 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from k2.errors import ConfigError
-from k2.model.instrument import EXCHANGES, Instrument, InstrumentTable
+from k2.model.instrument import Instrument, InstrumentTable
 
 
 class _Frozen(BaseModel):
@@ -73,6 +73,9 @@ class Settings(BaseSettings):
             raise ValueError("must not be empty")
         return v
 
+    #: the config file's contents; bound per load by :func:`load_settings` (no module state)
+    _file_data: ClassVar[dict[str, Any]] = {}
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -82,7 +85,7 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, _FileSource(settings_cls))
+        return (init_settings, env_settings, _FileSource(settings_cls, cls._file_data))
 
     def instrument_table(self) -> InstrumentTable:
         extra = []
@@ -94,15 +97,16 @@ class Settings(BaseSettings):
         return InstrumentTable.default(extra)
 
 
-_CONFIG_DATA: dict[str, Any] = {}
-
-
 class _FileSource(PydanticBaseSettingsSource):
+    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._data = data
+
     def get_field_value(self, field, field_name):  # pragma: no cover - not used, __call__ does the work
         return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        return dict(_CONFIG_DATA)
+        return dict(self._data)
 
 
 def _read_config(path: Path) -> dict[str, Any]:
@@ -117,7 +121,6 @@ def _read_config(path: Path) -> dict[str, Any]:
 
 def load_settings(config: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
     """Build settings once at the entry point. Raises :class:`ConfigError` naming the bad setting."""
-    global _CONFIG_DATA
     path = config or os.environ.get("K2_CONFIG")
     if path:
         data = _read_config(Path(path))
@@ -125,18 +128,16 @@ def load_settings(config: str | os.PathLike[str] | None = None, **overrides: Any
         data = _read_config(Path("k2.toml"))
     else:
         data = {}
-    _CONFIG_DATA = data
+    bound = type("Settings", (Settings,), {"_file_data": data, "__module__": __name__})
     try:
-        settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+        settings = bound(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = ".".join(str(p) for p in err["loc"]) or "settings"
         env = "K2_" + "__".join(str(p) for p in err["loc"] if not isinstance(p, int)).upper()
         raise ConfigError(loc, f"{err['msg']} (input {err.get('input')!r}; set it in the config file or {env})") from None
-    finally:
-        _CONFIG_DATA = {}
     settings.instrument_table()  # validate extra instruments now, at start-up
     return settings
 
 
-__all__ = ["EXCHANGES", "InstrumentSpec", "QuerySettings", "Settings", "WriterSettings", "load_settings"]
+__all__ = ["InstrumentSpec", "QuerySettings", "Settings", "WriterSettings", "load_settings"]

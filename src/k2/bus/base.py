@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -47,6 +46,6 @@ class Bus(Protocol):
         ...
 
     @property
-    def closed(self) -> bool: ...
-
-    def __iter__(self) -> Iterator[IngestBatch]: ...
+    def drained(self) -> bool:
+        """Closed and everything published has been consumed."""
+        ...

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import queue
-from collections.abc import Iterator
 
 from k2.bus.base import BusClosed, IngestBatch
 
@@ -45,15 +44,5 @@ class MemoryBus:
             self._q.put(_END)
 
     @property
-    def closed(self) -> bool:
-        return self._closed
-
-    @property
     def drained(self) -> bool:
         return self._drained
-
-    def __iter__(self) -> Iterator[IngestBatch]:
-        while not self._drained:
-            item = self.consume(timeout=0.5)
-            if item is not None:
-                yield item

@@ -133,25 +133,25 @@ class ChdbStore:
         if n == 0:
             return InsertResult(0, 0)
         with self._lock:
-            fresh = _dedup_in_batch(trades)
-            fresh = self._drop_stored(fresh)
-            k = fresh.num_rows
+            batch = trades.combine_chunks()
+            pairs, codes = _pair_codes(batch)  # computed once, used by every step below
+            tid = batch.column("trade_id").to_numpy()
+            rows = np.flatnonzero(_first_occurrences(codes, tid) & self._not_stored(pairs, codes, tid))
+            k = len(rows)
             if k:
+                fresh = batch if k == n else batch.take(pa.array(rows))
                 seq = pa.array(np.arange(self._next_seq, self._next_seq + k, dtype=np.uint64))
-                fresh = fresh.append_column("ingest_seq", seq)
-                self._insert_arrow(f"INSERT INTO trades_store ({_TRADE_COLUMNS})", fresh)
+                self._insert_arrow(f"INSERT INTO trades_store ({_TRADE_COLUMNS})", fresh.append_column("ingest_seq", seq))
                 self._next_seq += k
-                self._note_max_ids(fresh)
+                self._note_max_ids(pairs, codes[rows], tid[rows])
             return InsertResult(k, n - k)
 
-    def _note_max_ids(self, inserted: pa.Table) -> None:
+    def _note_max_ids(self, pairs: list[str], codes: np.ndarray, tid: np.ndarray) -> None:
         max_ids = self._stored_max_ids()
-        values, codes = _pair_codes(inserted)
-        tid = inserted.column("trade_id").to_numpy()
-        tops = np.full(len(values), 0, dtype=np.uint64)
+        tops = np.zeros(len(pairs), dtype=np.uint64)
         np.maximum.at(tops, codes, tid)
-        for code, pair in enumerate(values):
-            top = int(tops[code])
+        for code in np.unique(codes):
+            pair, top = pairs[code], int(tops[code])
             if top > max_ids.get(pair, -1):
                 max_ids[pair] = top
 
@@ -174,18 +174,21 @@ class ChdbStore:
             self._max_id = {f"{r['exchange']}{_SEP}{r['symbol']}": r["m"] for r in rows}
         return self._max_id
 
-    def _drop_stored(self, batch: pa.Table) -> pa.Table:
-        # Ids above the highest stored id of their pair cannot be stored yet: only the others are looked up.
-        # (The cache only ever over-estimates after deletes, which costs a lookup, never a duplicate.)
-        conds = []
-        values, codes = _pair_codes(batch)
-        tid = batch.column("trade_id").to_numpy()
+    def _not_stored(self, pairs: list[str], codes: np.ndarray, tid: np.ndarray) -> np.ndarray:
+        """True for the rows whose (exchange, symbol, trade_id) is not in the store yet.
+
+        Ids above the highest stored id of their pair cannot be stored yet, so only the others are looked up,
+        through the primary key over the id ranges they cover. (The cache only ever over-estimates after
+        deletes, which costs a lookup, never a duplicate.)
+        """
+        fresh = np.ones(len(tid), dtype=bool)
         max_ids = self._stored_max_ids()
-        for code, pair in enumerate(values):
-            ids = tid[codes == code]
+        conds = []
+        for code, pair in enumerate(pairs):
             top = max_ids.get(pair)
             if top is None:
                 continue
+            ids = tid[codes == code]
             ids = ids[ids <= top]
             if len(ids) == 0:
                 continue
@@ -195,21 +198,16 @@ class ChdbStore:
                     f"(exchange = {sql_str(e)} AND symbol = {sql_str(s)} AND trade_id BETWEEN {lo} AND {hi})"
                 )
         if not conds:
-            return batch
+            return fresh
         existing = self.query_arrow(
-            "SELECT exchange, symbol, trade_id FROM trades_store WHERE " + " OR ".join(conds)
-        )
-        if existing.num_rows == 0:
-            return batch
-        existing = existing.cast(
-            pa.schema([("exchange", pa.string()), ("symbol", pa.string()), ("trade_id", pa.uint64())])
-        )
-        indexed = batch.append_column("_row", pa.array(np.arange(batch.num_rows, dtype=np.int64)))
-        keep = indexed.select(["exchange", "symbol", "trade_id", "_row"]).join(
-            existing, keys=["exchange", "symbol", "trade_id"], join_type="left anti"
-        )
-        rows = np.sort(keep.column("_row").to_numpy())
-        return batch.take(pa.array(rows))
+            "SELECT concat(exchange, {sep}, symbol) AS pair, groupArray(trade_id) AS ids FROM trades_store "
+            "WHERE {where} GROUP BY pair".format(sep=sql_str(_SEP), where=" OR ".join(conds))
+        ).to_pylist()
+        code_of = {pair: code for code, pair in enumerate(pairs)}
+        for row in existing:
+            sel = codes == code_of[row["pair"]]
+            fresh[sel] &= ~np.isin(tid[sel], np.asarray(row["ids"], dtype=np.uint64))
+        return fresh
 
     def _insert_arrow(self, statement: str, table: pa.Table, sess=None) -> None:
         # chdb's Python() table function reads the Arrow table in place (no IPC copy): ~35% faster than
@@ -279,40 +277,31 @@ _SEP = "\x1f"
 
 
 def _pair_codes(batch: pa.Table) -> tuple[list[str], np.ndarray]:
-    """Distinct 'exchange<US>symbol' strings of a batch and each row's index into them."""
-    pair = pc.binary_join_element_wise(batch.column("exchange"), batch.column("symbol"), _SEP)
+    """Distinct 'exchange<US>symbol' strings of a single-chunk batch and each row's index into them."""
+    pair = pc.binary_join_element_wise(
+        batch.column("exchange").combine_chunks(), batch.column("symbol").combine_chunks(), _SEP
+    )
     enc = pc.dictionary_encode(pair)
-    if isinstance(enc, pa.ChunkedArray):
-        enc = enc.combine_chunks() if enc.num_chunks != 1 else enc.chunk(0)
-        if isinstance(enc, pa.ChunkedArray):
-            enc = enc.chunk(0)
-    if enc.dictionary.type != pa.string():
-        pass
     return enc.dictionary.to_pylist(), enc.indices.to_numpy(zero_copy_only=False)
 
 
-def _dedup_in_batch(batch: pa.Table) -> pa.Table:
-    """Keep the first occurrence of each (exchange, symbol, trade_id) in the batch."""
-    n = batch.num_rows
-    if n < 2:
-        return batch
-    _, codes = _pair_codes(batch)
-    tid = batch.column("trade_id").to_numpy()
-    order = np.lexsort((np.arange(n), tid, codes))
+def _first_occurrences(codes: np.ndarray, tid: np.ndarray) -> np.ndarray:
+    """True for the first occurrence in the batch of each (pair, trade_id)."""
+    keep = np.ones(len(tid), dtype=bool)
+    if len(tid) < 2:
+        return keep
+    order = np.lexsort((np.arange(len(tid)), tid, codes))
     c, t = codes[order], tid[order]
     dup = (c[1:] == c[:-1]) & (t[1:] == t[:-1])
-    if not dup.any():
-        return batch
-    keep = np.ones(n, dtype=bool)
     keep[order[1:][dup]] = False
-    return batch.filter(pa.array(keep))
+    return keep
 
 
 def _ranges(ids: np.ndarray) -> list[tuple[int, int]]:
     """Cover sorted ids with at most ``_MAX_RANGES`` [lo, hi] ranges, splitting at the widest gaps."""
     if len(ids) == 0:
         return []
-    gaps = np.diff(ids.astype(np.int64) if ids.max() < 2**63 else ids.astype(np.float64))
+    gaps = np.diff(ids)  # sorted, so never negative: no uint64 wrap-around
     cut = np.flatnonzero(gaps > _RANGE_GAP)
     if len(cut) >= _MAX_RANGES:
         cut = np.sort(cut[np.argsort(gaps[cut])[-(_MAX_RANGES - 1) :]])

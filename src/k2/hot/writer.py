@@ -74,7 +74,7 @@ class HotWriter:
             while True:
                 first = self.bus.consume(timeout=0.5)
                 if first is None:
-                    if getattr(self.bus, "drained", False):
+                    if self.bus.drained:
                         return
                     continue
                 group = [first]
@@ -96,7 +96,7 @@ class HotWriter:
             self._pool.shutdown(wait=True)
         if self.error is not None:
             # keep draining so a publisher blocked on a full bus is released; it sees ``error`` and stops
-            while not getattr(self.bus, "drained", True):
+            while not self.bus.drained:
                 self.bus.consume(timeout=0.1)
 
     def _store(self, group: list[IngestBatch]) -> None:

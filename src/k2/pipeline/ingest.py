@@ -62,6 +62,11 @@ def dead_table(rows: list[tuple[str, str, int, str, str | bytes]]) -> pa.Table:
     )
 
 
+def dead_only_batch(rows: list[tuple[str, str, int, str, str | bytes]]) -> IngestBatch:
+    """A batch holding only dead letters (e.g. a chunk of capture lines that were all unreadable)."""
+    return IngestBatch(raw=RAW_SCHEMA.empty_table(), trades=TRADE_SCHEMA.empty_table(), dead=dead_table(rows))
+
+
 def build_batch(
     exchange: str,
     frames: Sequence[str],

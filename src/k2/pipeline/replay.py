@@ -6,13 +6,13 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from k2.bus.memory import MemoryBus
 from k2.capture.reader import read_capture
 from k2.hot.store import HotStore
 from k2.hot.writer import HotWriter
-from k2.pipeline.ingest import build_batch, dead_table
+from k2.pipeline.ingest import build_batch, dead_only_batch
 from k2.venues.base import VenueParser
 
 
@@ -28,7 +28,6 @@ class ReplaySummary:
     control: int = 0
     ignored: int = 0
     seconds: float = 0.0
-    per_exchange: dict[str, int] = field(default_factory=dict)
 
     def lines_text(self) -> list[str]:
         rate = self.trades_parsed / self.seconds if self.seconds else 0.0
@@ -69,11 +68,10 @@ def replay_files(
                 summary.lines += chunk.lines
                 bad = [(b.exchange, "", b.ts_recv, b.reason, b.raw) for b in chunk.bad]
                 if bad and not chunk.by_exchange:
-                    bus.publish(_only_dead(bad))
+                    bus.publish(dead_only_batch(bad))
                 for exchange, group in chunk.by_exchange.items():
                     res = parsers[exchange].parse(group.frames, group.ts_recv)
                     summary.trades_parsed += res.trades.num_rows
-                    summary.per_exchange[exchange] = summary.per_exchange.get(exchange, 0) + res.trades.num_rows
                     bus.publish(build_batch(exchange, group.frames, group.ts_recv, group.conn, res, bad))
                     bad = []
                 if progress is not None:
@@ -91,14 +89,6 @@ def replay_files(
     summary.ignored = s.ignored
     summary.seconds = time.perf_counter() - t0
     return summary
-
-
-def _only_dead(rows):
-    from k2.bus.base import IngestBatch
-    from k2.hot.chdb_store import RAW_SCHEMA
-    from k2.model.trade import TRADE_SCHEMA
-
-    return IngestBatch(raw=RAW_SCHEMA.empty_table(), trades=TRADE_SCHEMA.empty_table(), dead=dead_table(rows))
 
 
 def terminal_progress(stream=sys.stderr) -> Callable[[ReplaySummary, str], None] | None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 
-from k2.errors import QueryRefused
+from k2.errors import QueryFailed, QueryRefused
 
 #: function-name prefixes (lower case) that reach outside the store
 DENIED_PREFIXES = (
@@ -122,9 +122,7 @@ class ReadOnlySQL:
             raise QueryRefused("empty statement")
         try:
             ast = self.store.query_text("EXPLAIN AST " + stmt, "TabSeparatedRaw")
-        except Exception as exc:
-            from k2.errors import QueryFailed
-
+        except QueryFailed as exc:
             raise QueryFailed(f"syntax error: {exc}") from None
         check_ast(ast)
         # output settings first: once readonly = 1 applies, no later setting may change

@@ -82,6 +82,19 @@ typedef struct {
     int64_t ts_us;
 } rec_t;
 
+static void free_all(buf_t **bufs, int n) {
+    for (int i = 0; i < n; i++) {
+        free(bufs[i]->p);
+        bufs[i]->p = NULL;
+        bufs[i]->len = bufs[i]->cap = 0;
+    }
+}
+
+static void cols_free(cols_t *c) {
+    buf_t *all[] = {&c->idx, &c->sym, &c->symoff, &c->tid, &c->price, &c->qty, &c->sell, &c->ts};
+    free_all(all, 8);
+}
+
 static int emit(cols_t *c, int32_t frame, const rec_t *r) {
     int32_t off;
     uint8_t s = (uint8_t)r->sell;
@@ -661,7 +674,6 @@ static int coinbase_frame(cur_t *c, cols_t *out, int32_t frame, int adv_maker) {
     int first = 1, rc, seen = 0, handled, is_match = 0, is_adv = 0, have_events = 0;
     const char *k, *s;
     Py_ssize_t kn, n;
-    int64_t before = out->n;
     while ((rc = next_key(c, &first, &k, &kn)) == 1) {
         if (KEY("type")) {
             if (is_match || !str_plain(c, &s, &n) || !(TEXT(s, n, "match") || TEXT(s, n, "last_match"))) return 0;
@@ -690,7 +702,7 @@ static int coinbase_frame(cur_t *c, cols_t *out, int32_t frame, int adv_maker) {
     }
     if (rc < 0 || !end_of_frame(c)) return 0;
     if (is_match && !is_adv && !have_events && seen == C_ALL) return emit(out, frame, &r) ? 1 : -1;
-    if (is_adv && !is_match && have_events && out->n >= before) return 1;
+    if (is_adv && !is_match && have_events) return 1;
     return 0;
 }
 
@@ -718,8 +730,7 @@ static int scan_one(int kind, const char *data, Py_ssize_t len, cols_t *out, int
 
 static PyObject *finish(cols_t *out, PyObject *fallback, int oom) {
     if (oom) {
-        free(out->idx.p); free(out->sym.p); free(out->symoff.p); free(out->tid.p);
-        free(out->price.p); free(out->qty.p); free(out->sell.p); free(out->ts.p);
+        cols_free(out);
         Py_DECREF(fallback);
         return PyErr_NoMemory();
     }
@@ -1003,17 +1014,14 @@ static PyObject *scan_capture(PyObject *self, PyObject *args) {
     }
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&in);
-    if (too_large) {
-        free(status.p); free(exch.p); free(ts.p); free(conn.p); free(connoff.p);
-        free(frame.p); free(frameoff.p); free(bounds.p);
-        PyErr_SetString(PyExc_ValueError, "capture block too large");
+    buf_t *all[] = {&status, &exch, &ts, &conn, &connoff, &frame, &frameoff, &bounds};
+    if (too_large || oom) {
+        free_all(all, 8);
+        if (too_large) PyErr_SetString(PyExc_ValueError, "capture block too large");
+        else PyErr_NoMemory();
         return NULL;
     }
-    if (oom) {
-        free(status.p); free(exch.p); free(ts.p); free(conn.p); free(connoff.p);
-        free(frame.p); free(frameoff.p); free(bounds.p);
-        return PyErr_NoMemory();
-    }
+
     return Py_BuildValue("(nNNNNNNNN)", n, bytes_of(&status), bytes_of(&exch), bytes_of(&ts), bytes_of(&conn),
                          bytes_of(&connoff), bytes_of(&frame), bytes_of(&frameoff), bytes_of(&bounds));
 }

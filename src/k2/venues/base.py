@@ -155,10 +155,8 @@ def _decimal_column(values, name: str, bad: dict[int, str]) -> pa.Array:
 def _int_column(values, name: str, typ: pa.DataType, bad: dict[int, str]) -> pa.Array:
     if isinstance(values, pa.Array):
         return values
-    if isinstance(values, np.ndarray):
-        return pa.array(values, typ)
     try:
-        # msgspec already typed these as int; a bool cannot reach here
+        # numpy arrays, or lists msgspec already typed as int (a bool cannot reach here)
         return pa.array(values, typ)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError):
         pass
@@ -173,10 +171,9 @@ def _int_column(values, name: str, typ: pa.DataType, bad: dict[int, str]) -> pa.
     return pa.array(out, typ)
 
 
-_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})\Z")
-
-
-_RFC3339_RE2 = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$"
+#: RFC3339 as sent by the exchanges; the same pattern serves Python's ``re`` and Arrow's RE2.
+_RFC3339_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$"
+_RFC3339 = re.compile(_RFC3339_PATTERN.replace("$", "\\Z"))
 
 
 def rfc3339_to_us(values: list, bad: dict[int, str]) -> pa.Array:
@@ -187,7 +184,7 @@ def rfc3339_to_us(values: list, bad: dict[int, str]) -> pa.Array:
     """
     if all(isinstance(v, str) for v in values):
         arr = pa.array(values, pa.string())
-        shape_ok = pc.match_substring_regex(arr, _RFC3339_RE2)
+        shape_ok = pc.match_substring_regex(arr, _RFC3339_PATTERN)
         if pc.all(shape_ok).as_py():
             try:
                 ns = pc.cast(pc.cast(arr, pa.timestamp("ns", tz="UTC")), pa.int64())
@@ -260,21 +257,9 @@ def finalize_trades(
     price = _decimal_column(raw.price, "price", bad)
     qty = _decimal_column(raw.qty, "qty", bad)
 
-    if isinstance(raw.sell, np.ndarray):
+    if raw.sell is not None:
+        # numpy from the fast path, or bools typed by msgspec on the general path
         side = pc.if_else(pa.array(raw.sell, pa.bool_()), "sell", "buy")
-    elif raw.sell is not None:
-        try:
-            sell = pa.array(raw.sell, pa.bool_())
-            if sell.null_count:
-                raise TypeError
-        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
-            vals = []
-            for i, v in enumerate(raw.sell):
-                if not isinstance(v, bool):
-                    bad.setdefault(i, f"side: not a boolean ({v!r})")
-                vals.append(bool(v) if isinstance(v, bool) else False)
-            sell = pa.array(vals, pa.bool_())
-        side = pc.if_else(sell, "sell", "buy")
     else:
         side_in = pa.array([s if isinstance(s, str) else None for s in raw.side or []], pa.string())
         ok_side = pc.is_in(side_in, value_set=_SIDES)
@@ -371,13 +356,9 @@ def scan_then_parse(
         sub = py_parse([frames[int(i)].as_py() for i in rest], [int(ts_recv[i]) for i in rest])
     else:
         sub = py_parse([frames[i] for i in rest], [ts_recv[i] for i in rest])
-    result.trade_frames += sub.trade_frames
-    result.control += sub.control
-    result.ignored += sub.ignored
+    result.merge_counts(sub)
     result.dead.extend((int(rest[i]), reason) for i, reason in sub.dead)
-    result.events.extend(
-        ControlEvent(int(rest[e.index]), e.kind, e.detail) for e in sub.events
-    )
+    result.events.extend(ControlEvent(int(rest[e.index]), e.kind, e.detail) for e in sub.events)
     result.events.sort(key=lambda e: e.index)
     result.dead.sort()
     if sub.trades.num_rows:
