@@ -35,10 +35,27 @@ def same(parser, frames, recv=None):
     return fast
 
 
+def recorded(name):
+    return [json.loads(x) for x in (FRAMES / f"{name}.jsonl").read_text().splitlines() if x.strip()]
+
+
 @pytest.mark.parametrize("exchange", ["binance", "kraken", "coinbase"])
-def test_recorded_frames_same_on_both_paths(parsers, exchange):
-    lines = [json.loads(x) for x in (FRAMES / f"{exchange}.jsonl").read_text().splitlines() if x.strip()]
+@pytest.mark.parametrize("suffix", ["", "_rest"])
+def test_recorded_frames_same_on_both_paths(parsers, exchange, suffix):
+    lines = recorded(exchange + suffix)
     same(parsers[exchange], [x["frame"] for x in lines], [x["ts_recv"] for x in lines])
+
+
+@pytest.mark.parametrize("exchange", ["binance", "kraken", "coinbase"])
+def test_recorded_ws_and_rest_frames_interleaved_same_on_both_paths(parsers, exchange):
+    ws, rest = recorded(exchange), recorded(f"{exchange}_rest")
+    lines = [x for pair in zip(ws, rest) for x in pair] + ws[len(rest) :] + rest[len(ws) :]
+    frames = [x["frame"] for x in lines]
+    res = same(parsers[exchange], frames, [x["ts_recv"] for x in lines])
+    assert sum(e.kind == "rest" for e in res.events) > 0
+    # the fast path takes no REST frame: every one of them is left for the general path
+    _, fallback, *_ = base._scan.scan(getattr(base._scan, exchange.upper()), frames, True)
+    assert all(fallback[i] for i, f in enumerate(frames) if f.startswith('{"rest":'))
 
 
 def test_synthetic_streams_take_the_fast_path_and_match(tmp_path, parsers):
@@ -156,3 +173,30 @@ def test_coinbase_adversarial_frames_same_on_both_paths(instruments, frames, mak
     from k2.venues.coinbase.parse import CoinbaseParser
 
     same(CoinbaseParser(instruments, advanced_side_is_maker=maker), frames)
+
+
+REST_HEADS = {
+    "binance": '{"rest":"https://api.binance.com/api/v3/trades?symbol=BTCUSDT","status":200,"body":[]',
+    "kraken": '{"rest":"https://api.kraken.com/0/public/Trades?pair=XBTUSD","status":200,'
+    '"body":{"error":[],"result":{"XXBTZUSD":[],"last":"1"}}',
+    "coinbase": '{"rest":"https://api.exchange.coinbase.com/products/BTC-USD/trades","status":429,'
+    '"body":{"message":"Public rate limit exceeded"}',
+}
+
+
+@st.composite
+def rest_wrapped(draw, exchange, ws_frames):
+    """A WS frame (valid or not) behind a REST envelope head: ``{"rest":..,"status":..,"body":..,<WS keys>}``.
+    The old fast path took such frames as WS trades; the msgspec path reads them as REST frames."""
+    ws = draw(ws_frames)
+    if draw(st.booleans()):
+        return ws
+    return REST_HEADS[exchange] + ("," + ws[1:] if ws.startswith("{") and not ws.startswith("{}") else "}")
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_rest_wrapped_adversarial_frames_same_on_both_paths(parsers, data):
+    for exchange, strategy in (("binance", binance_frames()), ("kraken", kraken_frames()), ("coinbase", coinbase_frames())):
+        frames = data.draw(st.lists(rest_wrapped(exchange, strategy), min_size=1, max_size=4))
+        same(parsers[exchange], frames)

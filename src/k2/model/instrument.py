@@ -73,7 +73,12 @@ def _alternative_natives(inst: Instrument) -> Iterator[str]:
 
 
 class InstrumentTable:
-    """Lookup from (exchange, wire symbol) to the instrument. Immutable once built."""
+    """Lookup from (exchange, wire symbol) to the instrument. Immutable once built.
+
+    Two lookups: :meth:`lookup` by the symbol a WebSocket frame carries (any of its wire spellings), and
+    :meth:`lookup_rest` by the symbol a REST request names (the ``rest_symbol`` column: Kraken's REST pair
+    ``XBTUSD``/``XDGUSD``, Coinbase's product id, Binance's upper-case symbol).
+    """
 
     def __init__(self, instruments: Iterable[Instrument]) -> None:
         self._by_key: dict[tuple[str, str], Instrument] = {}
@@ -85,11 +90,13 @@ class InstrumentTable:
                 self._list = [i for i in self._list if (i.exchange, i.native_symbol) != key]
             self._by_key[key] = inst
             self._list.append(inst)
+        self._rest: dict[str, dict[str, Instrument]] = {e: {} for e in EXCHANGES}
         for inst in self._list:
             table = self._lookup[inst.exchange]
             for alt in _alternative_natives(inst):
                 table.setdefault(alt, inst)
             table[inst.native_symbol] = inst
+            self._rest[inst.exchange][_rest_key(inst.exchange, inst.rest_symbol)] = inst
 
     @classmethod
     def default(cls, extra: Iterable[Instrument] = ()) -> "InstrumentTable":
@@ -107,6 +114,14 @@ class InstrumentTable:
     def lookup(self, exchange: str, wire_symbol: str) -> Instrument | None:
         return self._lookup.get(exchange, {}).get(wire_symbol)
 
+    def lookup_rest(self, exchange: str, rest_symbol: str) -> Instrument | None:
+        """The instrument a REST request names (``symbol=`` / ``pair=`` / product id), or None.
+
+        The match is exact: no alias or X/Z-prefix guessing (Kraken's ``XXBTZUSD`` result key is not a
+        ``rest_symbol``). Binance symbols are upper case in REST, so a Binance name matches in upper case.
+        """
+        return self._rest.get(exchange, {}).get(_rest_key(exchange, rest_symbol))
+
     def wire_map(self, exchange: str) -> dict[str, Instrument]:
         """Every wire spelling of every instrument of ``exchange`` -> instrument (a copy)."""
         return dict(self._lookup.get(exchange, {}))
@@ -116,6 +131,10 @@ class InstrumentTable:
             if inst.exchange == exchange and inst.symbol == symbol:
                 return inst
         return None
+
+
+def _rest_key(exchange: str, rest_symbol: str) -> str:
+    return rest_symbol.upper() if exchange == "binance" else rest_symbol
 
 
 def load_default_instruments() -> list[Instrument]:

@@ -717,6 +717,9 @@ static PyObject *bytes_of(buf_t *b) {
 }
 
 static int scan_one(int kind, const char *data, Py_ssize_t len, cols_t *out, int32_t i, int adv_maker) {
+    /* A REST-response frame ({"rest":<url>,"status":..,"body":..}, k2/venues/rest.py) is never taken here, even
+     * if it also carried WS trade keys: the Python parsers read every frame with this prefix as a REST frame. */
+    if (len >= 8 && memcmp(data, "{\"rest\":", 8) == 0) return 0;
     cur_t c = {data, data + len};
     mark_t m;
     mark(out, &m);

@@ -42,7 +42,7 @@ class ControlEvent(msgspec.Struct, frozen=True):
     """A recognised non-trade frame: what the session loop reacts to (acks, heartbeats, shutdown...)."""
 
     index: int
-    kind: str  # ack | subscribe_error | heartbeat | status | pong | shutdown | error | ping
+    kind: str  # ack | subscribe_error | heartbeat | status | pong | shutdown | error | ping | rest | rest_error
     detail: dict = {}
 
 
@@ -84,6 +84,10 @@ class RawTrades:
     sell: list | None = None  # True when the aggressor sold
     ts: list = field(default_factory=list)  # int µs, or RFC3339 text when ``ts_text``
     ts_text: bool = False
+    #: row -> why the parser could not read that trade (missing field, wrong type). Such a row holds
+    #: placeholder values; :func:`finalize_trades` drops it and reports this reason, so a frame's dead letter
+    #: is the reason of its first bad row whichever check found it.
+    reasons: dict[int, str] = field(default_factory=dict)
 
 
 def decode_object(decoder: msgspec.json.Decoder, i: int, frame: str | bytes, result: ParseResult) -> dict | None:
@@ -227,7 +231,7 @@ def finalize_trades(
     if n == 0:
         result.trades = TRADE_SCHEMA.empty_table()
         return
-    bad: dict[int, str] = {}
+    bad: dict[int, str] = dict(raw.reasons)
     index = np.asarray(raw.index, dtype=np.int64)
     recv = np.asarray(ts_recv, dtype=np.int64)[index]
 
@@ -308,6 +312,27 @@ def finalize_trades(
         mask = pa.array(keep)
         cols = [c.filter(mask) for c in cols]
     result.trades = pa.Table.from_arrays(cols, schema=TRADE_SCHEMA)
+
+
+def finalize_parts(
+    exchange: str,
+    wire_map: dict[str, Instrument],
+    parts: Sequence[RawTrades],
+    ts_recv: Sequence[int],
+    result: ParseResult,
+) -> None:
+    """:func:`finalize_trades` over several column sets (e.g. WS trades with RFC3339 times and REST trades with
+    integer times) of the same batch; ``result.trades`` is their concatenation, in ``parts`` order."""
+    tables = []
+    for raw in parts:
+        if len(raw.index) == 0:
+            continue
+        finalize_trades(exchange, wire_map, raw, ts_recv, result)
+        tables.append(result.trades)
+    if not tables:
+        result.trades = TRADE_SCHEMA.empty_table()
+    else:
+        result.trades = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
 
 
 def scan_then_parse(

@@ -7,6 +7,11 @@
 * ``{"result":..,"id":..}`` acks, ``{"code":..,"msg":..}`` errors and ``serverShutdown`` are control frames.
 * Any other well-formed ``e`` is ignored (counted); a frame on a ``@trade`` stream that is not a valid trade
   is a dead letter.
+* REST-response frames (k2.venues.rest: envelope, events, reasons) of ``GET /api/v3/historicalTrades`` and
+  ``/api/v3/trades``: the instrument is the ``symbol`` query parameter (``rest_symbol``, upper case). Items are
+  ``{"id","price","qty","quoteQty","time","isBuyerMaker","isBestMatch"}``; ``time`` is ms, or µs when the request
+  carried ``X-MBX-TIME-UNIT: MICROSECOND``. The header is not in the frame, so the unit is decided by magnitude as
+  for WS ``T``. API errors are ``{"code":..,"msg":..}`` (HTTP 4xx/5xx, 429 when rate limited).
 """
 
 from __future__ import annotations
@@ -17,16 +22,44 @@ import msgspec
 import numpy as np
 
 from k2.model.instrument import InstrumentTable
-from k2.venues.base import ControlEvent, ParseResult, RawTrades, _scan, decode_object, finalize_trades, scan_then_parse
-from k2.venues.binance.schemas import CombinedTrade, Trade
+from k2.venues.base import ControlEvent, ParseResult, RawTrades, _scan, decode_object, finalize_parts, scan_then_parse
+from k2.venues.binance.schemas import CombinedTrade, RestTrade, Trade
+from k2.venues.rest import (
+    RestResponse,
+    decode_body,
+    decode_rest,
+    is_rest_frame,
+    is_rest_object,
+    query_param,
+    rest_error,
+    rest_ok,
+)
 
 _KIND = _scan.BINANCE if _scan is not None else 0
 EXCHANGE = "binance"
 _US_THRESHOLD = 10**14
+_REST_ENDPOINTS = ("/api/v3/historicalTrades", "/api/v3/trades")
 
 _dec_trade = msgspec.json.Decoder(Trade)
 _dec_combined = msgspec.json.Decoder(CombinedTrade)
 _dec_any = msgspec.json.Decoder()
+_dec_rest = msgspec.json.Decoder(list[RestTrade])
+
+
+def _times_us(times: list) -> np.ndarray:
+    """Wire times -> µs: above 10^14 already µs, else ms (see the module docstring)."""
+    try:
+        t = np.array(times, dtype=np.int64)
+    except OverflowError:  # beyond int64: out of range, refused by finalize_trades
+        t = np.array([x if -(2**62) < x < 2**62 else 0 for x in times], dtype=np.int64)
+    return np.where(t > _US_THRESHOLD, t, t * 1000)
+
+
+def _api_error(body: object) -> str | None:
+    """``{"code":-1121,"msg":"Invalid symbol."}`` -> ``code -1121: Invalid symbol.``"""
+    if isinstance(body, dict) and "code" in body and "msg" in body:
+        return f"code {body['code']}: {body['msg']}"
+    return None
 
 
 class BinanceParser:
@@ -34,6 +67,7 @@ class BinanceParser:
 
     def __init__(self, instruments: InstrumentTable) -> None:
         self._wire = instruments.wire_map(EXCHANGE)
+        self._instruments = instruments
 
     def parse(self, frames: Sequence[str | bytes], ts_recv: Sequence[int]) -> ParseResult:
         """Parse a batch of frames received at ``ts_recv`` (µs each). Never raises on bad input."""
@@ -44,8 +78,12 @@ class BinanceParser:
         result = ParseResult(trades=None)  # type: ignore[arg-type]
         good: list[Trade] = []
         where: list[int] = []
+        rest = RawTrades(sell=[])  # REST items; ``ts`` holds wire times until converted below
         dec_t, dec_c = _dec_trade.decode, _dec_combined.decode
         for i, frame in enumerate(frames):
+            if is_rest_frame(frame):
+                self._rest(i, frame, result, rest)
+                continue
             try:
                 if frame[:9] in ('{"stream"', b'{"stream"'):
                     good.append(dec_c(frame).data)
@@ -53,26 +91,84 @@ class BinanceParser:
                     good.append(dec_t(frame))
                 where.append(i)
             except (msgspec.ValidationError, msgspec.DecodeError, UnicodeError):
-                self._slow(i, frame, result, good, where)
-        result.trade_frames = len(where)
+                self._slow(i, frame, result, good, where, rest)
+        result.trade_frames += len(where)
         raw = RawTrades(index=where)
         raw.native = [m.s for m in good]
         raw.trade_id = [m.t for m in good]
         raw.price = [m.p for m in good]
         raw.qty = [m.q for m in good]
         raw.sell = [m.m for m in good]
-        times = [m.T for m in good]
-        try:
-            t = np.array(times, dtype=np.int64)
-        except OverflowError:  # beyond int64: out of range, refused below
-            t = np.array([x if -(2**62) < x < 2**62 else 0 for x in times], dtype=np.int64)
-        raw.ts = np.where(t > _US_THRESHOLD, t, t * 1000)
-        finalize_trades(EXCHANGE, self._wire, raw, ts_recv, result)
+        raw.ts = _times_us([m.T for m in good])
+        rest.ts = _times_us(rest.ts)
+        finalize_parts(EXCHANGE, self._wire, [raw, rest], ts_recv, result)
         return result
 
-    def _slow(self, i: int, frame: str | bytes, result: ParseResult, good: list, where: list) -> None:
+    def _rest(self, i: int, frame: str | bytes, result: ParseResult, rows: RawTrades) -> None:
+        """One REST-response frame: its items go to ``rows``, its event or dead letter to ``result``."""
+        resp = decode_rest(i, frame, result)
+        if resp is None:
+            return
+        if resp.path not in _REST_ENDPOINTS:
+            result.dead.append((i, f"REST frame: unknown endpoint {resp.path!r}"))
+            return
+        symbol = query_param(resp, "symbol", result)
+        if symbol is None:
+            return
+        inst = self._instruments.lookup_rest(EXCHANGE, symbol)
+        if inst is None:
+            result.dead.append((i, f"REST frame: unknown symbol {symbol!r}"))
+            return
+        if resp.status != 200:
+            rest_error(resp, decode_body(resp), _api_error, result)
+            return
+        try:
+            items = _dec_rest.decode(resp.body)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            self._rest_general(resp, inst.native_symbol, result, rows)
+            return
+        n = len(items)
+        rows.index.extend([i] * n)
+        rows.native.extend([inst.native_symbol] * n)
+        rows.trade_id.extend([t.id for t in items])
+        rows.price.extend([t.price for t in items])
+        rows.qty.extend([t.qty for t in items])
+        rows.sell.extend([t.isBuyerMaker for t in items])
+        rows.ts.extend([t.time for t in items])
+        rest_ok(resp, n, None, result)
+
+    @staticmethod
+    def _rest_general(resp: RestResponse, native: str, result: ParseResult, rows: RawTrades) -> None:
+        """A 200 body the typed decoder refused: an API error, another shape, or bad items (each with a reason)."""
+        body = decode_body(resp)
+        if _api_error(body) is not None:
+            rest_error(resp, body, _api_error, result)
+            return
+        if not isinstance(body, list):
+            result.dead.append((resp.index, f"REST frame: body is not an array of trades ({type(body).__name__})"))
+            return
+        for n, item in enumerate(body):
+            try:
+                t = msgspec.convert(item, RestTrade)
+                tid, price, qty, sell, time = t.id, t.price, t.qty, t.isBuyerMaker, t.time
+            except msgspec.ValidationError as exc:
+                rows.reasons[len(rows.index)] = f"bad REST trade: body[{n}]: {exc}"
+                tid, price, qty, sell, time = 0, "1", "1", False, 0  # placeholders: the row is dropped
+            rows.index.append(resp.index)
+            rows.native.append(native)
+            rows.trade_id.append(tid)
+            rows.price.append(price)
+            rows.qty.append(qty)
+            rows.sell.append(sell)
+            rows.ts.append(time)
+        rest_ok(resp, len(body), None, result)
+
+    def _slow(self, i: int, frame: str | bytes, result: ParseResult, good: list, where: list, rest: RawTrades) -> None:
         msg = decode_object(_dec_any, i, frame, result)
         if msg is None:
+            return
+        if is_rest_object(msg):
+            self._rest(i, frame, result, rest)
             return
         stream = None
         if "stream" in msg and "data" in msg:

@@ -21,3 +21,16 @@ class CombinedTrade(msgspec.Struct, gc=False):
 
     stream: str
     data: Trade
+
+
+class RestTrade(msgspec.Struct, gc=False):
+    """One item of REST ``GET /api/v3/trades`` and ``/api/v3/historicalTrades`` (exchanges.md §1.7).
+
+    ``quoteQty`` and ``isBestMatch`` are not needed (unknown keys are skipped).
+    """
+
+    id: int  # the same per-symbol trade id as the WS ``t``
+    price: str  # decimal text, zero-padded to 8 dp
+    qty: str
+    time: int  # ms, or µs when the request carried the header X-MBX-TIME-UNIT: MICROSECOND
+    isBuyerMaker: bool  # true -> the seller was the aggressor (side "sell"), as WS ``m``

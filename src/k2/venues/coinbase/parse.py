@@ -6,18 +6,34 @@ Trade (``market_trades``). They share the per-product trade id space, so a trade
 Side: the Exchange feed's ``side`` is the maker side, so the aggressor is the opposite. Advanced Trade's docs
 also call ``side`` the maker side, while some major clients read it as the taker side (exchanges.md §3.6); K2
 follows the docs by default and ``coinbase_advanced_side_is_maker = false`` flips it.
+
+REST-response frames (k2.venues.rest: envelope, events, reasons) of the Exchange ``GET /products/{product_id}/trades``
+(exchanges.md §3.5): the instrument is the product id in the path (the ``rest_symbol`` column). Items are
+``{"time","trade_id","price","size","side"}`` with ``side`` the MAKER side, as on the Exchange feed, so the aggressor
+is the opposite. Errors are ``{"message":..}`` (404 unknown product, 429 rate limited).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from decimal import Decimal
+from urllib.parse import unquote
 
 import msgspec
 
 from k2.model.instrument import InstrumentTable
-from k2.venues.base import ControlEvent, ParseResult, RawTrades, _scan, decode_object, finalize_trades, scan_then_parse
-from k2.venues.coinbase.schemas import AdvancedTrade, LastMatch, MarketTrades, Match
+from k2.venues.base import ControlEvent, ParseResult, RawTrades, _scan, decode_object, finalize_parts, scan_then_parse
+from k2.venues.coinbase.schemas import AdvancedTrade, LastMatch, MarketTrades, Match, RestTrade
+from k2.venues.rest import (
+    RestResponse,
+    decode_body,
+    decode_rest,
+    is_rest_frame,
+    is_rest_object,
+    rest_error,
+    rest_ok,
+)
 
 _KIND = _scan.COINBASE if _scan is not None else 0
 EXCHANGE = "coinbase"
@@ -28,6 +44,20 @@ _SAME = {"BUY": "buy", "SELL": "sell", "buy": "buy", "sell": "sell"}
 _dec_match = msgspec.json.Decoder(Match | LastMatch)
 _dec_adv = msgspec.json.Decoder(MarketTrades)
 _dec_any = msgspec.json.Decoder(float_hook=Decimal)
+_dec_rest = msgspec.json.Decoder(list[RestTrade])
+_REST_PATH = re.compile(r"/products/([^/]+)/trades\Z")
+
+
+def _maker_to_aggressor(side: str) -> str:
+    """Exchange feed and REST: maker side -> aggressor side; other text goes on, for finalize_trades to refuse."""
+    return _OPPOSITE[side] if side in ("buy", "sell") else side
+
+
+def _api_error(body: object) -> str | None:
+    """``{"message":"NotFound"}`` -> ``NotFound``."""
+    if isinstance(body, dict) and "message" in body:
+        return str(body["message"])
+    return None
 
 
 def _trade_id(text: str) -> int | str:
@@ -39,6 +69,7 @@ class CoinbaseParser:
 
     def __init__(self, instruments: InstrumentTable, advanced_side_is_maker: bool = True) -> None:
         self._wire = instruments.wire_map(EXCHANGE)
+        self._instruments = instruments
         self._adv_side = _OPPOSITE if advanced_side_is_maker else _SAME
         self._adv_maker = advanced_side_is_maker
 
@@ -53,8 +84,12 @@ class CoinbaseParser:
         m_where: list[int] = []
         adv: list[AdvancedTrade] = []
         a_where: list[int] = []
+        rest = RawTrades(side=[], ts_text=True)  # REST items
         dec_m, dec_a = _dec_match.decode, _dec_adv.decode
         for i, frame in enumerate(frames):
+            if is_rest_frame(frame):
+                self._rest(i, frame, result, rest)
+                continue
             try:
                 if frame[:8] in ('{"type":', b'{"type":'):
                     matches.append(dec_m(frame))
@@ -63,7 +98,7 @@ class CoinbaseParser:
                     continue
                 msg = dec_a(frame)
             except (msgspec.ValidationError, msgspec.DecodeError, UnicodeError):
-                self._slow(i, frame, result, matches, m_where, adv, a_where)
+                self._slow(i, frame, result, matches, m_where, adv, a_where, rest)
                 continue
             self._advanced(i, msg.events, result, adv, a_where)
         side = self._adv_side
@@ -72,12 +107,68 @@ class CoinbaseParser:
         raw.trade_id = [m.trade_id for m in matches] + [_trade_id(t.trade_id) for t in adv]
         raw.price = [m.price for m in matches] + [t.price for t in adv]
         raw.qty = [m.size for m in matches] + [t.size for t in adv]
-        raw.side = [_OPPOSITE.get(m.side) if m.side in ("buy", "sell") else m.side for m in matches] + [
-            side.get(t.side, t.side) for t in adv
-        ]
+        raw.side = [_maker_to_aggressor(m.side) for m in matches] + [side.get(t.side, t.side) for t in adv]
         raw.ts = [m.time for m in matches] + [t.time for t in adv]
-        finalize_trades(EXCHANGE, self._wire, raw, ts_recv, result)
+        finalize_parts(EXCHANGE, self._wire, [raw, rest], ts_recv, result)
         return result
+
+    def _rest(self, i: int, frame: str | bytes, result: ParseResult, rows: RawTrades) -> None:
+        """One REST-response frame: its items go to ``rows``, its event or dead letter to ``result``."""
+        resp = decode_rest(i, frame, result)
+        if resp is None:
+            return
+        m = _REST_PATH.match(resp.path)
+        if m is None:
+            result.dead.append((i, f"REST frame: unknown endpoint {resp.path!r}"))
+            return
+        product = unquote(m.group(1))
+        inst = self._instruments.lookup_rest(EXCHANGE, product)
+        if inst is None:
+            result.dead.append((i, f"REST frame: unknown product {product!r}"))
+            return
+        if resp.status != 200:
+            rest_error(resp, decode_body(resp), _api_error, result)
+            return
+        try:
+            items = _dec_rest.decode(resp.body)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            self._rest_general(resp, inst.native_symbol, result, rows)
+            return
+        n = len(items)
+        rows.index.extend([i] * n)
+        rows.native.extend([inst.native_symbol] * n)
+        rows.trade_id.extend([t.trade_id for t in items])
+        rows.price.extend([t.price for t in items])
+        rows.qty.extend([t.size for t in items])
+        rows.side.extend([_maker_to_aggressor(t.side) for t in items])
+        rows.ts.extend([t.time for t in items])
+        rest_ok(resp, n, None, result)
+
+    @staticmethod
+    def _rest_general(resp: RestResponse, native: str, result: ParseResult, rows: RawTrades) -> None:
+        """A 200 body the typed decoder refused: an API error, another shape, or bad items (each with a reason)."""
+        body = decode_body(resp)
+        if _api_error(body) is not None:
+            rest_error(resp, body, _api_error, result)
+            return
+        if not isinstance(body, list):
+            result.dead.append((resp.index, f"REST frame: body is not an array of trades ({type(body).__name__})"))
+            return
+        for n, item in enumerate(body):
+            try:
+                t = msgspec.convert(item, RestTrade)
+                tid, price, qty, side, ts = t.trade_id, t.price, t.size, _maker_to_aggressor(t.side), t.time
+            except msgspec.ValidationError as exc:
+                rows.reasons[len(rows.index)] = f"bad REST trade: body[{n}]: {exc}"
+                tid, price, qty, side, ts = 0, "1", "1", "buy", "1970-01-01T00:00:00Z"  # placeholders: row dropped
+            rows.index.append(resp.index)
+            rows.native.append(native)
+            rows.trade_id.append(tid)
+            rows.price.append(price)
+            rows.qty.append(qty)
+            rows.side.append(side)
+            rows.ts.append(ts)
+        rest_ok(resp, len(body), None, result)
 
     @staticmethod
     def _advanced(i: int, events: list, result: ParseResult, adv: list, a_where: list) -> None:
@@ -92,9 +183,12 @@ class CoinbaseParser:
         if unknown:
             result.dead.append((i, unknown))
 
-    def _slow(self, i, frame, result: ParseResult, matches, m_where, adv, a_where) -> None:
+    def _slow(self, i, frame, result: ParseResult, matches, m_where, adv, a_where, rest: RawTrades) -> None:
         msg = decode_object(_dec_any, i, frame, result)
         if msg is None:
+            return
+        if is_rest_object(msg):
+            self._rest(i, frame, result, rest)
             return
         kind, channel = msg.get("type"), msg.get("channel")
         if kind in ("match", "last_match"):

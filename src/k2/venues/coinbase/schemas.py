@@ -38,3 +38,13 @@ class MarketTrades(msgspec.Struct, gc=False, tag_field="channel", tag="market_tr
     events: list[AdvancedEvent]
     sequence_num: int | None = None
     timestamp: str | None = None
+
+
+class RestTrade(msgspec.Struct, gc=False):
+    """One item of Exchange REST ``GET /products/{product_id}/trades`` (exchanges.md §3.5), newest first."""
+
+    time: str  # RFC3339, 0-9 fractional digits
+    trade_id: int  # the same per-product id as the Exchange feed's match
+    price: str  # decimal text, 8-dp padded
+    size: str
+    side: str  # MAKER side (buy | sell): the aggressor is the opposite

@@ -3,25 +3,87 @@
 Prices and quantities are JSON numbers: they are read as decimals from their literal text, never as floats.
 One message may hold several trades; a bad trade is dead-lettered (its frame, with the reason) and the other
 trades of the same frame are kept.
+
+REST-response frames (k2.venues.rest: envelope, events, reasons) of ``GET /0/public/Trades`` (exchanges.md §2.6):
+
+* The instrument is the ``pair`` query parameter, matched to the ``rest_symbol`` column (``XBTUSD``, ``XDGUSD``).
+  The result key is Kraken's canonical pair name (``XXBTZUSD``), which K2's table does not hold: the trades are
+  the one key of ``result`` that is not ``last``. ``last`` (ns cursor string, the next ``since``) goes in the
+  ``rest`` event.
+* Item ``[price str, volume str, time, "b"|"s" (taker side), ord type, misc, trade_id int]``. ``time`` is a JSON
+  number of float seconds with up to ~7 decimals: it is read from its literal as an exact Decimal (never a float)
+  and TRUNCATED to µs, so ``1688669597.8277369`` -> ``1688669597827736``. It can differ by 1 µs from the WS time
+  of the same trade: trades are keyed by trade_id, never by time.
+* Errors come with HTTP 200: ``{"error":["EGeneral:Too many requests"]}``; any non-empty ``error`` is a
+  ``rest_error`` (texts joined with "; ").
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from decimal import Decimal
+from decimal import ROUND_DOWN, Decimal
 
 import msgspec
 
 from k2.model.instrument import InstrumentTable
-from k2.venues.base import ControlEvent, ParseResult, RawTrades, _scan, decode_object, finalize_trades, scan_then_parse
-from k2.venues.kraken.schemas import Trade, TradeMessage
+from k2.model.trade import EXACT
+from k2.venues.base import ControlEvent, ParseResult, RawTrades, _scan, decode_object, finalize_parts, scan_then_parse
+from k2.venues.kraken.schemas import RestBody, RestTrade, RestTradeItem, Trade, TradeMessage
+from k2.venues.rest import (
+    RestResponse,
+    decode_body,
+    decode_rest,
+    is_rest_frame,
+    is_rest_object,
+    query_param,
+    rest_error,
+    rest_ok,
+)
 
 _KIND = _scan.KRAKEN if _scan is not None else 0
 EXCHANGE = "kraken"
 _TRADE_TYPES = ("snapshot", "update")
 
+_REST_ENDPOINT = "/0/public/Trades"
+_REST_SIDE = {"b": "buy", "s": "sell"}  # anything else goes on as sent and finalize_trades refuses it
+_MICRO = Decimal("0.000001")
+_INT64_MAX = 2**63 - 1
+
 _dec_msg = msgspec.json.Decoder(TradeMessage)
 _dec_any = msgspec.json.Decoder(float_hook=Decimal)
+_dec_rest = msgspec.json.Decoder(RestBody)
+
+
+def _seconds_to_us(seconds: Decimal | int) -> int:
+    """Exact seconds -> µs, truncated toward zero (``quantize`` rounds the exact value, never a rounded copy).
+
+    A time whose µs do not fit int64 becomes 0, which finalize_trades refuses as out of range.
+    """
+    if isinstance(seconds, int):
+        us = seconds * 1_000_000
+    elif not seconds.is_finite() or seconds.adjusted() > 13:
+        return 0
+    else:
+        try:
+            us = int(seconds.quantize(_MICRO, rounding=ROUND_DOWN, context=EXACT).scaleb(6, EXACT))
+        except ArithmeticError:  # decimal signals on operands no exchange sends; never raise on bad input
+            return 0
+    return us if -_INT64_MAX <= us <= _INT64_MAX else 0
+
+
+def _raw_number(raw: msgspec.Raw) -> Decimal | None:
+    """The exact value of a JSON number literal, None when the JSON value is not a number."""
+    text = bytes(raw)
+    if not text or text[0] not in b"-0123456789":
+        return None
+    return Decimal(text.decode("ascii"))
+
+
+def _api_error(body: object) -> str | None:
+    """A non-empty ``error`` array -> its messages joined with "; "."""
+    if isinstance(body, dict) and isinstance(body.get("error"), list) and body["error"]:
+        return "; ".join(str(e) for e in body["error"])
+    return None
 
 
 class KrakenParser:
@@ -29,6 +91,7 @@ class KrakenParser:
 
     def __init__(self, instruments: InstrumentTable) -> None:
         self._wire = instruments.wire_map(EXCHANGE)
+        self._instruments = instruments
 
     def parse(self, frames: Sequence[str | bytes], ts_recv: Sequence[int]) -> ParseResult:
         """Parse a batch of frames received at ``ts_recv`` (µs each). Never raises on bad input."""
@@ -39,12 +102,16 @@ class KrakenParser:
         result = ParseResult(trades=None)  # type: ignore[arg-type]
         trades: list[Trade] = []
         where: list[int] = []
+        rest = RawTrades(side=[])  # REST items, times already in µs
         dec = _dec_msg.decode
         for i, frame in enumerate(frames):
+            if is_rest_frame(frame):
+                self._rest(i, frame, result, rest)
+                continue
             try:
                 msg = dec(frame)
             except (msgspec.ValidationError, msgspec.DecodeError, UnicodeError):
-                self._slow(i, frame, result, trades, where)
+                self._slow(i, frame, result, trades, where, rest)
                 continue
             if msg.type not in _TRADE_TYPES:
                 result.dead.append((i, f"unknown event type {msg.type!r} on trade channel"))
@@ -59,12 +126,113 @@ class KrakenParser:
         raw.qty = [t.qty for t in trades]
         raw.side = [t.side for t in trades]
         raw.ts = [t.timestamp for t in trades]
-        finalize_trades(EXCHANGE, self._wire, raw, ts_recv, result)
+        finalize_parts(EXCHANGE, self._wire, [raw, rest], ts_recv, result)
         return result
 
-    def _slow(self, i: int, frame: str | bytes, result: ParseResult, trades: list, where: list) -> None:
+    def _rest(self, i: int, frame: str | bytes, result: ParseResult, rows: RawTrades) -> None:
+        """One REST-response frame: its items go to ``rows``, its event or dead letter to ``result``."""
+        resp = decode_rest(i, frame, result)
+        if resp is None:
+            return
+        if resp.path != _REST_ENDPOINT:
+            result.dead.append((i, f"REST frame: unknown endpoint {resp.path!r}"))
+            return
+        pair = query_param(resp, "pair", result)
+        if pair is None:
+            return
+        inst = self._instruments.lookup_rest(EXCHANGE, pair)
+        if inst is None:
+            result.dead.append((i, f"REST frame: unknown pair {pair!r}"))
+            return
+        if resp.status != 200:
+            rest_error(resp, decode_body(resp), _api_error, result)
+            return
+        if not self._rest_fast(resp, inst.native_symbol, result, rows):
+            self._rest_general(resp, inst.native_symbol, result, rows)
+
+    @staticmethod
+    def _rest_fast(resp: RestResponse, native: str, result: ParseResult, rows: RawTrades) -> bool:
+        """The common well-formed body, typed; False (nothing added) for anything the general path must judge."""
+        try:
+            body = _dec_rest.decode(resp.body)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            return False
+        if body.error:
+            return False
+        keys = [k for k in body.result if k != "last"]
+        last = body.result.get("last")
+        if len(keys) != 1 or not isinstance(last, str) or not isinstance(body.result[keys[0]], list):
+            return False
+        items: list[RestTrade] = body.result[keys[0]]  # type: ignore[assignment]
+        times = [_raw_number(t.time) for t in items]
+        if None in times:
+            return False
+        n = len(items)
+        rows.index.extend([resp.index] * n)
+        rows.native.extend([native] * n)
+        rows.trade_id.extend([t.trade_id for t in items])
+        rows.price.extend([t.price for t in items])
+        rows.qty.extend([t.volume for t in items])
+        rows.side.extend([_REST_SIDE.get(t.side, t.side) for t in items])
+        rows.ts.extend([_seconds_to_us(s) for s in times])
+        rest_ok(resp, n, last, result)
+        return True
+
+    @staticmethod
+    def _rest_general(resp: RestResponse, native: str, result: ParseResult, rows: RawTrades) -> None:
+        """A 200 body the typed path left: an API error, another shape, or bad items (each with a reason)."""
+        body = decode_body(resp)
+        if _api_error(body) is not None:
+            rest_error(resp, body, _api_error, result)
+            return
+        i = resp.index
+        if not isinstance(body, dict) or not isinstance(body.get("error"), list):
+            result.dead.append((i, 'REST frame: body is not a Kraken response {"error":[...],"result":{...}}'))
+            return
+        res = body.get("result")
+        if not isinstance(res, dict):
+            result.dead.append((i, "REST frame: `result` is not an object"))
+            return
+        last = res.get("last")
+        if not isinstance(last, str):
+            result.dead.append((i, f"REST frame: `result.last` is not a cursor string ({last!r})"))
+            return
+        keys = [k for k in res if k != "last"]
+        if len(keys) != 1:
+            result.dead.append((i, f"REST frame: `result` must hold exactly one pair besides `last` (found {keys})"))
+            return
+        key = keys[0]
+        items = res[key]
+        if not isinstance(items, list):
+            result.dead.append((i, f"REST frame: `result.{key}` is not an array"))
+            return
+        for n, item in enumerate(items):
+            try:
+                t = msgspec.convert(item, RestTradeItem)
+                if isinstance(item[2], bool) or not isinstance(item[2], (int, Decimal)):
+                    raise msgspec.ValidationError(f"Expected `number`, got `{type(item[2]).__name__}` - at `$[2]`")
+                tid, price, qty, ts = t.trade_id, t.price, t.volume, _seconds_to_us(item[2])
+                side = _REST_SIDE.get(t.side, t.side)
+            except msgspec.ValidationError as exc:
+                rows.reasons[len(rows.index)] = f"bad REST trade: result.{key}[{n}]: {exc}"
+                tid, price, qty, side, ts = 0, "1", "1", "buy", 0  # placeholders: the row is dropped
+            rows.index.append(i)
+            rows.native.append(native)
+            rows.trade_id.append(tid)
+            rows.price.append(price)
+            rows.qty.append(qty)
+            rows.side.append(side)
+            rows.ts.append(ts)
+        rest_ok(resp, len(items), last, result)
+
+    def _slow(
+        self, i: int, frame: str | bytes, result: ParseResult, trades: list, where: list, rest: RawTrades
+    ) -> None:
         msg = decode_object(_dec_any, i, frame, result)
         if msg is None:
+            return
+        if is_rest_object(msg):
+            self._rest(i, frame, result, rest)
             return
         channel, method = msg.get("channel"), msg.get("method")
         if channel == "trade":
