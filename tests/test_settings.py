@@ -48,3 +48,34 @@ def test_cli_fails_at_start_with_the_setting_name(tmp_path, monkeypatch, capsys)
     monkeypatch.setenv("K2_WRITER__MAX_ROWS", "many")
     assert main(["sql", "SELECT 1", "--data-dir", str(tmp_path)]) == 2
     assert "writer.max_rows" in capsys.readouterr().err
+
+
+def test_feed_endpoints_default_live_and_follow_env(monkeypatch):
+    for ex in ("BINANCE", "KRAKEN", "COINBASE"):
+        for kind in ("WS", "REST"):
+            monkeypatch.delenv(f"K2_{ex}_{kind}_URL", raising=False)
+    s = load_settings()
+    assert s.exchanges == ("binance", "kraken", "coinbase")
+    assert s.ws_url("binance") == "wss://data-stream.binance.vision"
+    assert s.ws_url("kraken") == "wss://ws.kraken.com/v2"
+    assert s.ws_url("coinbase") == "wss://ws-feed.exchange.coinbase.com"
+    assert s.rest_url("binance") == "https://api.binance.com"
+    assert s.rest_url("kraken") == "https://api.kraken.com"
+    assert s.rest_url("coinbase") == "https://api.exchange.coinbase.com"
+    monkeypatch.setenv("K2_COINBASE_FEED", "advanced")
+    assert load_settings().ws_url("coinbase") == "wss://advanced-trade-ws.coinbase.com"
+    for ex in ("BINANCE", "KRAKEN", "COINBASE"):
+        monkeypatch.setenv(f"K2_{ex}_WS_URL", f"ws://127.0.0.1:1/{ex.lower()}/")
+        monkeypatch.setenv(f"K2_{ex}_REST_URL", f"http://127.0.0.1:2/{ex.lower()}")
+    s = load_settings()
+    for ex in ("binance", "kraken", "coinbase"):
+        assert s.ws_url(ex) == f"ws://127.0.0.1:1/{ex}" and s.rest_url(ex) == f"http://127.0.0.1:2/{ex}"
+
+
+def test_feed_endpoints_from_the_config_file(tmp_path, monkeypatch):
+    monkeypatch.delenv("K2_KRAKEN_WS_URL", raising=False)
+    cfg = tmp_path / "k2.toml"
+    cfg.write_text('kraken_ws_url = "wss://beta-ws.kraken.com/v2"\nexchanges = ["kraken"]\n[feeds]\nbackoff_max_s = 30\n')
+    s = load_settings(cfg)
+    assert s.ws_url("kraken") == "wss://beta-ws.kraken.com/v2" and s.exchanges == ("kraken",)
+    assert s.feeds.backoff_max_s == 30

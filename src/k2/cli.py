@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from k2 import __version__
-from k2.errors import CaptureError, ConfigError, K2Error, QueryFailed, QueryRefused, StoreError
+from k2.errors import CaptureError, ConfigError, DataError, K2Error, QueryFailed, QueryRefused, StoreError
 
 #: --format -> (ClickHouse output format, extra output settings)
 FORMATS = {
@@ -37,6 +37,22 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--format", choices=sorted(FORMATS), default="table")
     _common(sp)
 
+    up = sub.add_parser("up", help="run the platform: live feeds, bus, hot writer (Ctrl-C drains and stops)")
+    up.add_argument("--exchanges", help="comma-separated feeds to run (default: all three, or `exchanges` in the config)")
+    up.add_argument(
+        "--simulate", action="store_true", help="run against the built-in exchange simulator on 127.0.0.1 (no internet needed)"
+    )
+    up.add_argument("--sim-rate", type=float, default=50.0, help="with --simulate: trades per second per exchange")
+    up.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    _common(up)
+
+    sim = sub.add_parser("simulate", help="serve a local exchange simulator (WebSocket + REST) on 127.0.0.1")
+    sim.add_argument("--exchanges", help="comma-separated exchanges to simulate (default: all three)")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=0, help="first port (binance); kraken +1, coinbase +2 (default: any free)")
+    sim.add_argument("--rate", type=float, default=50.0, help="trades per second per exchange")
+    sim.add_argument("--seed", type=int, default=7)
+
     cp = sub.add_parser("capture", help="capture files")
     csub = cp.add_subparsers(dest="capture_command", required=True)
     synth = csub.add_parser("synth", help="write a synthetic capture of the default pairs (demos, benchmarks)")
@@ -45,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=7)
     synth.add_argument("--rate", type=float, default=5_000.0, help="trades per second of exchange time")
     _common(synth)
+    export = csub.add_parser("export", help="write the raw frames of a time range to a capture file (replayable)")
+    export.add_argument("out", help="output file (.jsonl, .jsonl.gz or .jsonl.zst)")
+    export.add_argument("--start", required=True, help="receive time, ISO 8601 (UTC) or integer µs; inclusive")
+    export.add_argument("--end", required=True, help="receive time, ISO 8601 (UTC) or integer µs; exclusive")
+    export.add_argument("--exchange", action="append", choices=["binance", "kraken", "coinbase"], help="repeatable")
+    _common(export)
     return parser
 
 
@@ -61,6 +83,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CaptureError as exc:
         print(f"k2: capture error: {exc}", file=sys.stderr)
         return 1
+    except DataError as exc:
+        print(f"k2: {exc}", file=sys.stderr)
+        return 2
     except StoreError as exc:
         print(f"k2: store error: {exc}", file=sys.stderr)
         return 1
@@ -71,10 +96,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _exchanges(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    return tuple(x.strip().lower() for x in text.split(",") if x.strip())
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     from k2.settings import load_settings
 
-    settings = load_settings(args.config, data_dir=args.data_dir)
+    if args.command == "simulate":
+        return _simulate(args)
+    overrides = {"data_dir": args.data_dir}
+    if args.command == "up":
+        overrides["exchanges"] = _exchanges(args.exchanges)
+    settings = load_settings(args.config, **overrides)
+    if args.command == "up":
+        return _up(args, settings)
+    if args.command == "capture" and args.capture_command == "export":
+        return _export(args, settings)
     if args.command == "replay":
         return _replay(args, settings)
     if args.command == "sql":
@@ -121,6 +161,74 @@ def _replay(args, settings) -> int:
     if progress is not None:
         sys.stderr.write("\n")
     print("\n".join(summary.lines_text()))
+    return 0
+
+
+def _up(args, settings) -> int:
+    import asyncio
+    import logging
+    import signal
+
+    from k2.pipeline.live import run_platform
+
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        sim = None
+        run_settings = settings
+        if args.simulate:
+            from k2.sim import ExchangeSimulator, SimConfig
+
+            sim = ExchangeSimulator(SimConfig(exchanges=settings.exchanges, rate=args.sim_rate))
+            await sim.start()
+            urls = {k[3:].lower(): v for k, v in sim.settings_env(settings.coinbase_feed == "advanced").items()}
+            run_settings = settings.model_copy(update=urls)
+            print("k2 up --simulate: exchange simulator on 127.0.0.1; " + ", ".join(f"{k}={v}" for k, v in urls.items()), file=sys.stderr)
+        try:
+            await run_platform(run_settings, stop)
+        finally:
+            if sim is not None:
+                await sim.stop()
+
+    asyncio.run(main())
+    return 0
+
+
+def _simulate(args) -> int:
+    import asyncio
+    import signal
+
+    from k2.model.instrument import EXCHANGES
+    from k2.sim import SimConfig, serve
+
+    exchanges = _exchanges(args.exchanges) or EXCHANGES
+    unknown = [e for e in exchanges if e not in EXCHANGES]
+    if unknown:
+        raise ConfigError("exchanges", f"unknown exchange(s) {', '.join(unknown)} (expected {', '.join(EXCHANGES)})")
+    config = SimConfig(exchanges=tuple(exchanges), host=args.host, base_port=args.port, rate=args.rate, seed=args.seed)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(config, stop)
+
+    asyncio.run(main())
+    return 0
+
+
+def _export(args, settings) -> int:
+    from k2.capture.export import export_capture, parse_time
+
+    start, end = parse_time(args.start, "--start"), parse_time(args.end, "--end")
+    with _open_store(settings) as store:
+        lines = export_capture(store, args.out, start, end, args.exchange)
+    print(f"wrote {lines} frames to {args.out}")
     return 0
 
 

@@ -9,8 +9,15 @@ Example ``k2.toml``::
     data_dir = "/var/lib/k2"
     coinbase_advanced_side_is_maker = true
 
+    exchanges = ["binance", "kraken"]        # feeds `k2 up` runs
+    coinbase_feed = "exchange"               # or "advanced" (Advanced Trade market_trades)
+    binance_ws_url = "wss://data-stream.binance.vision"   # every endpoint: K2_<EXCHANGE>_WS_URL / _REST_URL
+
     [writer]
     max_rows = 500000
+
+    [feeds]
+    backoff_max_s = 60
 
     [[instruments]]          # extra pairs, no code change needed
     exchange = "binance"
@@ -26,7 +33,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from k2.errors import ConfigError
@@ -55,6 +62,61 @@ class QuerySettings(_Frozen):
     timeout_s: float = Field(30.0, gt=0, le=3600)
 
 
+class FeedSettings(_Frozen):
+    """Timings and limits of the live feeds (`[feeds]` in the config file, ``K2_FEEDS__*`` in the environment).
+
+    Defaults follow the exchanges' documented limits (``exchanges.md``); tests shrink the timings.
+    """
+
+    backoff_initial_s: float = Field(0.5, gt=0, le=60, description="first reconnect delay cap (full jitter)")
+    backoff_max_s: float = Field(60.0, gt=0, le=3600, description="reconnect delay cap")
+    backoff_reset_s: float = Field(30.0, ge=0, description="a connection healthy this long resets the backoff")
+    connect_timeout_s: float = Field(10.0, gt=0, le=300)
+    ack_timeout_s: float = Field(10.0, gt=0, le=300, description="every subscription must be acknowledged within this")
+    binance_stale_s: float = Field(60.0, gt=0, description="Binance: reconnect after this long without any frame or ping")
+    kraken_stale_s: float = Field(5.0, gt=0, description="Kraken: heartbeats come every second; reconnect after this silence")
+    coinbase_stale_s: float = Field(5.0, gt=0, description="Coinbase: heartbeats come every second; reconnect after this silence")
+    symbol_stale_s: float = Field(600.0, gt=0, description="one stream without a trade this long is resubscribed and reconciled")
+    binance_rotate_s: float = Field(23.5 * 3600, gt=0, description="planned overlapping reconnect before Binance's 24 h limit")
+    binance_msgs_per_s: float = Field(
+        4.0, gt=0, le=5, description="our messages per second on a Binance connection (5/s limit counts pongs too)"
+    )
+    kraken_msgs_per_s: float = Field(5.0, gt=0, le=50)
+    coinbase_msgs_per_s: float = Field(4.0, gt=0, le=8, description="8 unauthenticated messages/s per IP")
+    kraken_ping_s: float = Field(30.0, gt=0, description="application-level ping period on Kraken")
+    flush_ms: int = Field(100, ge=1, le=10_000, description="received frames are parsed and published in batches this old at most")
+    binance_rest_weight_per_min: int = Field(3000, ge=25, le=6000, description="half the 6000/min IP budget by default")
+    kraken_rest_per_s: float = Field(1.0, gt=0, le=20)
+    coinbase_rest_per_s: float = Field(5.0, gt=0, le=10)
+    rest_timeout_s: float = Field(10.0, gt=0, le=120)
+    rest_attempts: int = Field(6, ge=1, le=50, description="tries per REST page before a gap is given up")
+    backfill_max_trades: int = Field(500_000, ge=1, description="trades fetched for one gap at most; the rest stays unfilled")
+    reconcile_settle_s: float = Field(1.0, ge=0, description="after a (re)connect, wait this long before asking REST about quiet streams")
+    status_interval_s: float = Field(10.0, gt=0, description="how often `k2 up` logs a status line")
+
+    @model_validator(mode="after")
+    def _backoff(self) -> "FeedSettings":
+        if self.backoff_initial_s > self.backoff_max_s:
+            raise ValueError("backoff_initial_s must not exceed backoff_max_s")
+        return self
+
+
+#: Live endpoints (exchanges.md §0). Coinbase: the Exchange `matches` feed unless ``coinbase_feed = "advanced"``.
+DEFAULT_WS_URLS = {
+    "binance": "wss://data-stream.binance.vision",
+    "kraken": "wss://ws.kraken.com/v2",
+    "coinbase": "wss://ws-feed.exchange.coinbase.com",
+    "coinbase-advanced": "wss://advanced-trade-ws.coinbase.com",
+}
+DEFAULT_REST_URLS = {
+    # historicalTrades is not served by data-api.binance.vision (exchanges.md §1.7)
+    "binance": "https://api.binance.com",
+    "kraken": "https://api.kraken.com",
+    # id-cursor backfill for both Coinbase feeds: the Exchange REST API (same trade ids, exchanges.md §3.5)
+    "coinbase": "https://api.exchange.coinbase.com",
+}
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="K2_", env_nested_delimiter="__", extra="forbid", frozen=True, validate_default=True
@@ -65,6 +127,17 @@ class Settings(BaseSettings):
     instruments: tuple[InstrumentSpec, ...] = ()
     writer: WriterSettings = WriterSettings()
     query: QuerySettings = QuerySettings()
+    feeds: FeedSettings = FeedSettings()
+
+    #: feeds `k2 up` runs (``--exchanges binance,kraken``; env ``K2_EXCHANGES='["binance"]'``)
+    exchanges: tuple[Literal["binance", "kraken", "coinbase"], ...] = ("binance", "kraken", "coinbase")
+    coinbase_feed: Literal["exchange", "advanced"] = "exchange"
+    binance_ws_url: str | None = None
+    kraken_ws_url: str | None = None
+    coinbase_ws_url: str | None = None
+    binance_rest_url: str | None = None
+    kraken_rest_url: str | None = None
+    coinbase_rest_url: str | None = None
 
     @field_validator("data_dir")
     @classmethod
@@ -72,6 +145,39 @@ class Settings(BaseSettings):
         if str(v).strip() == "":
             raise ValueError("must not be empty")
         return v
+
+    @field_validator(
+        "binance_ws_url", "kraken_ws_url", "coinbase_ws_url", "binance_rest_url", "kraken_rest_url", "coinbase_rest_url"
+    )
+    @classmethod
+    def _url(cls, v: str | None, info) -> str | None:
+        if v is None:
+            return None
+        v = v.strip().rstrip("/")
+        scheme = v.split("://", 1)[0].lower() if "://" in v else ""
+        wanted = ("ws", "wss") if info.field_name.endswith("_ws_url") else ("http", "https")
+        if scheme not in wanted or len(v) <= len(scheme) + 3:
+            raise ValueError(f"must be a {' or '.join(w + '://' for w in wanted)} URL")
+        return v
+
+    @field_validator("exchanges")
+    @classmethod
+    def _exchanges(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError("must name at least one exchange")
+        return tuple(dict.fromkeys(v))
+
+    def ws_url(self, exchange: str) -> str:
+        """The WebSocket endpoint of ``exchange`` (override, else the live default)."""
+        url = getattr(self, f"{exchange}_ws_url")
+        if url:
+            return url
+        if exchange == "coinbase" and self.coinbase_feed == "advanced":
+            return DEFAULT_WS_URLS["coinbase-advanced"]
+        return DEFAULT_WS_URLS[exchange]
+
+    def rest_url(self, exchange: str) -> str:
+        return getattr(self, f"{exchange}_rest_url") or DEFAULT_REST_URLS[exchange]
 
     #: the config file's contents; bound per load by :func:`load_settings` (no module state)
     _file_data: ClassVar[dict[str, Any]] = {}
@@ -140,4 +246,4 @@ def load_settings(config: str | os.PathLike[str] | None = None, **overrides: Any
     return settings
 
 
-__all__ = ["InstrumentSpec", "QuerySettings", "Settings", "WriterSettings", "load_settings"]
+__all__ = ["FeedSettings", "InstrumentSpec", "QuerySettings", "Settings", "WriterSettings", "load_settings"]

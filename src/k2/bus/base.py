@@ -26,6 +26,7 @@ class IngestBatch:
     frames: int = 0
     control: int = 0
     ignored: int = 0
+    gaps: pa.Table | None = None  # GAP_SCHEMA rows (live feeds), stored after the trades of the same batch
 
 
 class Bus(Protocol):

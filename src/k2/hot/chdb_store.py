@@ -35,6 +35,22 @@ RAW_SCHEMA = pa.schema(
         pa.field("frame", pa.string(), nullable=False),
     ]
 )
+GAP_SCHEMA = pa.schema(
+    [
+        pa.field("exchange", pa.string(), nullable=False),
+        pa.field("symbol", pa.string(), nullable=False),
+        pa.field("first_missing_id", pa.uint64(), nullable=False),
+        pa.field("last_missing_id", pa.uint64(), nullable=False),
+        pa.field("detected", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("missing", pa.uint64(), nullable=False),
+        pa.field("recovered", pa.uint64(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("ts_before_gap", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("ts_after_gap", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("updated", pa.timestamp("us", tz="UTC"), nullable=False),
+    ]
+)
 DEAD_SCHEMA = pa.schema(
     [
         pa.field("exchange", pa.string(), nullable=False),
@@ -165,6 +181,19 @@ class ChdbStore:
         if dead.num_rows:
             with self._lock:
                 self._insert_arrow("INSERT INTO dead_letters_store (exchange, conn, ts_recv, reason, frame)", dead)
+
+    def insert_gaps(self, gaps: pa.Table) -> None:
+        if gaps.num_rows:
+            with self._lock:
+                self._insert_arrow(f"INSERT INTO gaps_store ({', '.join(GAP_SCHEMA.names)})", gaps)
+
+    def last_trades(self) -> list[tuple[str, str, int, int]]:
+        """(exchange, symbol, highest stored trade_id, its exchange time in µs) per pair: where feeds resume."""
+        rows = self.query_arrow(
+            "SELECT exchange, symbol, max(trade_id) AS id, toUnixTimestamp64Micro(argMax(ts, trade_id)) AS ts "
+            "FROM trades_store GROUP BY exchange, symbol ORDER BY exchange, symbol"
+        ).to_pylist()
+        return [(r["exchange"], r["symbol"], int(r["id"]), int(r["ts"])) for r in rows]
 
     def _stored_max_ids(self) -> dict[str, int]:
         if self._max_id is None:

@@ -9,7 +9,8 @@ Layers:
                       1m blocks (a cascade: the coarser views aggregate a few thousand 1m rows per insert
                       instead of every trade again). open/close are argMin/argMax states keyed on
                       (ts, trade_id), so merges never make them arbitrary.
-Public views: trades, ohlcv_1m ... ohlcv_1d, dead_letters.
+  gaps_store          sequence gaps seen by the live feeds; one row per gap, latest status wins
+Public views: trades, ohlcv_1m ... ohlcv_1d, dead_letters, gaps.
 
 Migrations are append-only: never edit a released one, add the next version.
 """
@@ -175,9 +176,35 @@ SELECT exchange, conn, ts_recv, reason, frame, recorded_at
 FROM dead_letters_store FINAL""",
 ]
 
+# Sequence gaps found by the live feeds, and what backfill made of them. A gap's row is written when it is
+# detected (status 'pending') and again when it is settled; ReplacingMergeTree keeps the latest version.
+V2: list[str] = [
+    f"""CREATE TABLE IF NOT EXISTS gaps_store (
+    exchange LowCardinality(String),
+    symbol LowCardinality(String),
+    first_missing_id UInt64,
+    last_missing_id UInt64,
+    detected {TS},
+    status Enum8('pending' = 1, 'filled' = 2, 'partial' = 3, 'unfilled' = 4),
+    missing UInt64,
+    recovered UInt64,
+    reason String,
+    ts_before_gap {TS},
+    ts_after_gap {TS},
+    updated {TS}
+) ENGINE = ReplacingMergeTree(updated)
+ORDER BY (exchange, symbol, first_missing_id, last_missing_id)""",
+    """CREATE VIEW IF NOT EXISTS gaps AS
+SELECT exchange, symbol, first_missing_id, last_missing_id, detected,
+    CAST(status = 'filled' AS Bool) AS filled, toString(status) AS status, missing, recovered, reason,
+    ts_before_gap, ts_after_gap, updated
+FROM gaps_store FINAL""",
+]
+
 #: version -> (description, statements). Append only.
 MIGRATIONS: dict[int, tuple[str, list[str]]] = {
     1: ("raw frames, dead letters, deduplicated trades, cascaded OHLCV candles, public views", V1),
+    2: ("sequence gaps of the live feeds and their backfill (gaps_store, view gaps)", V2),
 }
 
 MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS k2_schema_migrations (

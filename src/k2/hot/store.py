@@ -27,6 +27,14 @@ class HotStore(Protocol):
 
     def insert_dead_letters(self, dead: pa.Table) -> None: ...
 
+    def insert_gaps(self, gaps: pa.Table) -> None:
+        """Gap rows (GAP_SCHEMA); a later row for the same gap replaces the earlier one."""
+        ...
+
+    def last_trades(self) -> list[tuple[str, str, int, int]]:
+        """(exchange, symbol, highest stored trade_id, its exchange time µs) per stored pair."""
+        ...
+
     def query_arrow(self, sql: str) -> pa.Table:
         """Trusted internal query (no read-only guard)."""
         ...

@@ -31,6 +31,7 @@ class WriterStats:
     control: int = 0
     ignored: int = 0
     inserts: int = 0
+    gap_rows: int = 0
 
 
 class HotWriter:
@@ -111,6 +112,9 @@ class HotWriter:
             if dead.num_rows:
                 self._retry(self.store.insert_dead_letters, dead)
             res = self._retry(self.store.insert_trades, trades) if trades.num_rows else None
+            gaps = [b.gaps for b in group if b.gaps is not None and b.gaps.num_rows]
+            if gaps:
+                self._retry(self.store.insert_gaps, _concat(gaps))
         finally:
             if raw_job is not None:
                 raw_job.result()
@@ -123,6 +127,7 @@ class HotWriter:
             s.control += sum(b.control for b in group)
             s.ignored += sum(b.ignored for b in group)
             s.dead_letters += dead.num_rows
+            s.gap_rows += sum(b.gaps.num_rows for b in group if b.gaps is not None)
             s.trades_in += trades.num_rows
             if res is not None:
                 s.trades_stored += res.inserted

@@ -67,6 +67,13 @@ def dead_only_batch(rows: list[tuple[str, str, int, str, str | bytes]]) -> Inges
     return IngestBatch(raw=RAW_SCHEMA.empty_table(), trades=TRADE_SCHEMA.empty_table(), dead=dead_table(rows))
 
 
+def gaps_only_batch(gaps: pa.Table) -> IngestBatch:
+    """A batch holding only gap records (the live feeds' continuity bookkeeping)."""
+    return IngestBatch(
+        raw=RAW_SCHEMA.empty_table(), trades=TRADE_SCHEMA.empty_table(), dead=DEAD_SCHEMA.empty_table(), gaps=gaps
+    )
+
+
 def build_batch(
     exchange: str,
     frames: Sequence[str],
