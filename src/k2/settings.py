@@ -79,7 +79,7 @@ class FeedSettings(_Frozen):
     symbol_stale_s: float = Field(600.0, gt=0, description="one stream without a trade this long is resubscribed and reconciled")
     binance_rotate_s: float = Field(23.5 * 3600, gt=0, description="planned overlapping reconnect before Binance's 24 h limit")
     binance_msgs_per_s: float = Field(
-        4.0, gt=0, le=5, description="our messages per second on a Binance connection (5/s limit counts pongs too)"
+        3.0, gt=0, le=3, description="our messages per second on a Binance connection (its 5/s limit counts pongs too)"
     )
     kraken_msgs_per_s: float = Field(5.0, gt=0, le=50)
     coinbase_msgs_per_s: float = Field(4.0, gt=0, le=8, description="8 unauthenticated messages/s per IP")

@@ -91,8 +91,8 @@ def test_binance_rotation_overlaps_and_loses_nothing(tmp_path):
 
 
 def test_binance_resubscribe_storm_stays_within_the_message_limit(tmp_path):
-    """Every stream goes quiet at once: 24 (un)subscribe messages, sent at most 3 per second on one connection
-    that the simulator closes above 5 messages per second (pings and pongs included)."""
+    """Every stream goes quiet at once: 24 (un)subscribe messages on one connection that the simulator closes
+    above 5 client messages in any second (pings and pongs included)."""
 
     async def scenario(sim, platform):
         sim.pause("binance")
@@ -105,10 +105,28 @@ def test_binance_resubscribe_storm_stays_within_the_message_limit(tmp_path):
         await asyncio.sleep(1.0)
 
     out = asyncio.run(
-        run_with_sim(tmp_path, ["binance"], scenario, symbol_stale_s=1.0, binance_stale_s=30.0, settle_timeout=40)
+        run_with_sim(tmp_path, ["binance"], scenario, symbol_stale_s=1.0, binance_stale_s=30.0, settle_timeout=40,
+                     sim_kw={"binance_ping_interval_s": 20.0})  # Binance's real ping period
     )
     check_store(tmp_path, out).close()
     status = out.platform.sessions["binance"].status
     assert status.resubscribes >= 12
     assert status.connects == 1, status.disconnects  # never cut off for flooding
     assert status.messages_sent >= 25
+
+
+def test_one_venue_down_does_not_stop_the_others(tmp_path):
+    """Kraken refuses every connection for a while; Binance goes on untouched and Kraken catches up after."""
+
+    async def scenario(sim, platform):
+        await asyncio.sleep(0.5)
+        sim.refuse_connections("kraken", 12)
+        sim.drop_connections("kraken")
+        await asyncio.sleep(2.5)
+        assert platform.sessions["kraken"].status.connect_failures >= 3
+        assert platform.sessions["binance"].status.state == "live"
+
+    out = asyncio.run(run_with_sim(tmp_path, ["binance", "kraken"], scenario))
+    check_store(tmp_path, out).close()
+    assert out.platform.sessions["binance"].status.connects == 1
+    assert out.platform.sessions["kraken"].status.connect_failures >= 3

@@ -357,7 +357,12 @@ class FeedSession:
                         st = self.tracker.symbols.get(inst.symbol)
                         if st is None or st.last_id is None:
                             self.backfill.anchor(inst)
-                reason = await self._watch(conn, stop)
+                try:
+                    reason = await self._watch(conn, stop)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # e.g. a send on a connection that just closed
+                    reason = f"error: {_describe(exc)}"
                 if reason == "stop":
                     break
                 if reason.startswith(("rotate", "shutdown")) and not conn.ended.is_set():
@@ -428,8 +433,8 @@ class FeedSession:
             log.info("%s: no trade on %s for %.0fs; resubscribing and reconciling", conn.id, inst.native_symbol, now - seen)
             try:
                 await conn.subscribe(self.feed.resubscribe(inst))
-            except ConnectionFailed as exc:
-                conn.end(f"error: resubscribe failed: {exc}")
+            except Exception as exc:  # refused, or the connection closed meanwhile
+                conn.end(f"error: resubscribe failed: {_describe(exc)}")
                 return
             self._reconcile(inst)
 

@@ -4,10 +4,11 @@
 * Subscriptions: ``SUBSCRIBE`` with up to 200 streams per message (1024 per connection), each acknowledged by
   ``{"result": null, "id": n}``. A subscription to a symbol Binance does not know is acknowledged too and then
   silent: the per-stream watchdog catches it.
-* Liveness: the server pings every 20 s and the WebSocket library answers. We ping every 20 s ourselves so a
-  dead link is noticed, and reconnect after ``binance_stale_s`` without any frame.
-* Limits: 5 incoming messages/s per connection counting pings, pongs and JSON control frames; our own messages
-  are held to ``binance_msgs_per_s`` (3 by default) so a ping and a pong in the same second stay within 5.
+* Liveness: the server pings every 20 s and the WebSocket library answers; we send no pings of our own (they
+  would count against the limit below) and reconnect after ``binance_stale_s`` without any frame.
+* Limits: 5 incoming messages/s per connection counting pings, pongs and JSON control frames. Our own messages
+  go through a token bucket of ``binance_msgs_per_s`` (at most 3) with a burst of 1: at most 4 in any one-second
+  window, plus the pong to the server's ping, makes 5.
 * A connection lives 24 h at most: rotated after ``binance_rotate_s`` with an overlapping new connection.
 * ``serverShutdown``: reconnect at once (also overlapping).
 * Backfill: ``GET /api/v3/historicalTrades?symbol=&fromId=&limit=1000`` (weight 25), µs times through the
@@ -37,8 +38,8 @@ class BinanceFeed:
         self._url = settings.ws_url(EXCHANGE)
         self._rest = settings.rest_url(EXCHANGE)
         self.stale_s = f.binance_stale_s
-        self.msgs_per_s = min(f.binance_msgs_per_s, 3.0)
-        self.ws_ping_s = 20.0
+        self.msgs_per_s = f.binance_msgs_per_s
+        self.ws_ping_s = None
         self.rotate_s = f.binance_rotate_s
         self._next_id = 0
 
