@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--rate", type=float, default=50.0, help="trades per second per exchange")
     sim.add_argument("--seed", type=int, default=7)
 
+    op = sub.add_parser("offload", help="run one offload cycle: hot trades, closed candles and raw frames to Iceberg")
+    _common(op)
+
     cp = sub.add_parser("capture", help="capture files")
     csub = cp.add_subparsers(dest="capture_command", required=True)
     synth = csub.add_parser("synth", help="write a synthetic capture of the default pairs (demos, benchmarks)")
@@ -115,6 +118,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _up(args, settings)
     if args.command == "capture" and args.capture_command == "export":
         return _export(args, settings)
+    if args.command == "offload":
+        return _offload(settings)
     if args.command == "replay":
         return _replay(args, settings)
     if args.command == "sql":
@@ -219,6 +224,17 @@ def _simulate(args) -> int:
         await serve(config, stop)
 
     asyncio.run(main())
+    return 0
+
+
+def _offload(settings) -> int:
+    from k2.cold.catalog import open_catalog
+    from k2.cold.offload import Offloader
+
+    catalog = open_catalog(settings)
+    with _open_store(settings) as store:
+        result = Offloader(store, catalog, settings).run_cycle()
+    print("\n".join(result.lines()))
     return 0
 
 

@@ -33,7 +33,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from k2.errors import ConfigError
@@ -101,6 +101,28 @@ class FeedSettings(_Frozen):
         return self
 
 
+class ColdSettings(_Frozen):
+    """The Iceberg cold tier (`[cold]`, ``K2_COLD__*``). Defaults: a SQLite catalog and a local warehouse under
+    ``<data_dir>/cold``. A SQL catalog URI (``postgresql+psycopg2://...``), a REST catalog and an S3 warehouse
+    are settings, nothing else."""
+
+    catalog: Literal["sql", "rest"] = "sql"
+    catalog_uri: str | None = Field(None, description="SQLAlchemy URI (sql) or base URL (rest); default SQLite in the data dir")
+    catalog_token: SecretStr | None = Field(None, description="REST catalog bearer token")
+    warehouse: str | None = Field(None, description="file:///... or s3://bucket/prefix; default <data_dir>/cold/warehouse")
+    s3_endpoint: str | None = None
+    s3_region: str | None = None
+    s3_access_key_id: SecretStr | None = None
+    s3_secret_access_key: SecretStr | None = None
+    offload_interval_s: float = Field(900.0, gt=0, description="`k2 up` offloads this often")
+    offload_batch_rows: int = Field(2_000_000, ge=1_000, description="trades per Iceberg commit at most")
+    candle_close_grace_s: float = Field(60.0, ge=0, description="a bucket is closed this long after its end")
+    hot_retention_days: float = Field(7.0, gt=0, description="hot trades older than this are dropped once cold holds them")
+    hot_candle_retention_days: float = Field(400.0, gt=0, description="hot candles are kept this long")
+    snapshot_retention_days: float = Field(7.0, gt=0, description="`k2 maintain` expires older snapshots")
+    maintain_interval_s: float = Field(86_400.0, gt=0, description="`k2 up` runs maintenance this often")
+
+
 #: Live endpoints (exchanges.md §0). Coinbase: the Exchange `matches` feed unless ``coinbase_feed = "advanced"``.
 DEFAULT_WS_URLS = {
     "binance": "wss://data-stream.binance.vision",
@@ -128,6 +150,7 @@ class Settings(BaseSettings):
     writer: WriterSettings = WriterSettings()
     query: QuerySettings = QuerySettings()
     feeds: FeedSettings = FeedSettings()
+    cold: ColdSettings = ColdSettings()
 
     #: feeds `k2 up` runs (``--exchanges binance,kraken``; env ``K2_EXCHANGES='["binance"]'``)
     exchanges: tuple[Literal["binance", "kraken", "coinbase"], ...] = ("binance", "kraken", "coinbase")
@@ -246,4 +269,4 @@ def load_settings(config: str | os.PathLike[str] | None = None, **overrides: Any
     return settings
 
 
-__all__ = ["FeedSettings", "InstrumentSpec", "QuerySettings", "Settings", "WriterSettings", "load_settings"]
+__all__ = ["ColdSettings", "FeedSettings", "InstrumentSpec", "QuerySettings", "Settings", "WriterSettings", "load_settings"]

@@ -10,6 +10,7 @@ dropped (first occurrence wins), then the ids already stored are looked up throu
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from pathlib import Path
@@ -89,6 +90,8 @@ class ChdbStore:
         self.migrate()
         row = self.query_arrow("SELECT max(ingest_seq) AS s, count() AS n FROM trades_store")
         self._next_seq = (row["s"][0].as_py() + 1) if row["n"][0].as_py() else 1
+        row = self.query_arrow("SELECT max(ingest_seq) AS s FROM raw_frames")
+        self._next_raw_seq = row["s"][0].as_py() + 1
         self._max_id: dict[str, int] | None = None  # highest stored trade_id per 'exchange<US>symbol'
         self.repaired_months = self.check_candles(repair=True)
 
@@ -175,7 +178,14 @@ class ChdbStore:
         """Safe to call concurrently with ``insert_trades`` (its own connection)."""
         if frames.num_rows:
             with self._raw_lock:
-                self._insert_arrow("INSERT INTO raw_frames (exchange, conn, ts_recv, frame)", frames, self._raw_session)
+                n = frames.num_rows
+                seq = pa.array(np.arange(self._next_raw_seq, self._next_raw_seq + n, dtype=np.uint64))
+                self._insert_arrow(
+                    "INSERT INTO raw_frames (exchange, conn, ts_recv, frame, ingest_seq)",
+                    frames.append_column("ingest_seq", seq),
+                    self._raw_session,
+                )
+                self._next_raw_seq += n
 
     def insert_dead_letters(self, dead: pa.Table) -> None:
         if dead.num_rows:
@@ -240,10 +250,10 @@ class ChdbStore:
 
     def _insert_arrow(self, statement: str, table: pa.Table, sess=None) -> None:
         # chdb's Python() table function reads the Arrow table in place (no IPC copy): ~35% faster than
-        # streaming ArrowStream bytes for the raw frames. It resolves the name ``table`` in this frame.
+        # streaming ArrowStream bytes for the raw frames.
         cols = ", ".join(f"`{name}`" for name in table.column_names)
         try:
-            (sess or self._session).query(f"{statement} SELECT {cols} FROM Python(table)", "TabSeparated")
+            _with_arrow(sess or self._session, f"{statement} SELECT {cols} FROM Python(table)", table, "TabSeparated")
         except Exception as exc:  # chdb raises RuntimeError and friends
             raise _translate(exc) from exc
 
@@ -263,6 +273,13 @@ class ChdbStore:
     def query_arrow(self, sql: str) -> pa.Table:
         try:
             return self._session.query(sql, "ArrowTable")
+        except Exception as exc:
+            raise QueryFailed(_clean(str(exc))) from exc
+
+    def query_arrow_over(self, sql: str, table: pa.Table) -> pa.Table:
+        """Trusted query over an Arrow table, named ``Python(table)`` in ``sql`` (chdb reads it in place)."""
+        try:
+            return _with_arrow(self._session, sql, table, "ArrowTable")
         except Exception as exc:
             raise QueryFailed(_clean(str(exc))) from exc
 
@@ -292,6 +309,22 @@ class ChdbStore:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+_arrow_names = itertools.count()
+
+
+def _with_arrow(session, sql: str, table: pa.Table, fmt: str):
+    """Run ``sql`` with ``Python(table)`` bound to ``table``.
+
+    chdb finds the object named in ``Python(name)`` by looking through Python frames, and was seen picking up a
+    ``table`` of *another thread* (an insert read the offload's table). Every call therefore binds its table
+    under a name used nowhere else, in a namespace of its own.
+    """
+    name = f"k2_arrow_{next(_arrow_names)}"
+    ns = {name: table, "_session": session, "_sql": sql.replace("Python(table)", f"Python({name})"), "_fmt": fmt}
+    exec("_out = _session.query(_sql, _fmt)", ns)
+    return ns["_out"]
 
 
 def _clean(text: str) -> str:

@@ -201,10 +201,16 @@ SELECT exchange, symbol, first_missing_id, last_missing_id, detected,
 FROM gaps_store FINAL""",
 ]
 
+# The cold tier offloads raw frames by a monotonic ingestion sequence, like trades.
+V3: list[str] = [
+    "ALTER TABLE raw_frames ADD COLUMN IF NOT EXISTS ingest_seq UInt64 DEFAULT 0 CODEC(Delta, ZSTD(1))",
+]
+
 #: version -> (description, statements). Append only.
 MIGRATIONS: dict[int, tuple[str, list[str]]] = {
     1: ("raw frames, dead letters, deduplicated trades, cascaded OHLCV candles, public views", V1),
     2: ("sequence gaps of the live feeds and their backfill (gaps_store, view gaps)", V2),
+    3: ("ingestion sequence of raw frames (cold-tier offload key)", V3),
 }
 
 MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS k2_schema_migrations (

@@ -1,0 +1,1 @@
+"""The Iceberg cold tier: catalog from settings, table specs, exactly-once offload."""

@@ -1,0 +1,283 @@
+"""Exactly-once offload from the hot tier to Iceberg.
+
+Trades (and raw frames) move by the monotonic ``ingest_seq`` the hot writer assigns, never by exchange time,
+so a late trade simply has a higher sequence and goes in the next cycle. Each Iceberg commit carries its
+watermark in the snapshot's summary properties (``k2.offload.ingest_seq``), written in the same atomic commit
+as the data: a crash before the commit leaves neither, a crash after it leaves both, and the next cycle
+starts from the watermark of the table's latest snapshot. Nothing is duplicated, nothing is skipped.
+
+Candles reach the cold tier only for closed buckets (end + ``candle_close_grace_s`` in the past) and are always
+computed *from the cold trades*, so cold candles equal a recomputation from cold trades by construction. Each
+candle table remembers (snapshot properties) up to which trade sequence it accounts (``k2.candles.ingest_seq``)
+and up to where its buckets are closed (``k2.candles.closed_until``, µs). A cycle recomputes the buckets that
+closed since, plus every already-closed bucket that one of the newly offloaded trades falls in (a late trade),
+and replaces them in one transaction (delete + append) with the new properties. Recomputation is idempotent,
+so a crash between any two commits is repaired by the next cycle.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyiceberg.expressions import (
+    AlwaysFalse,
+    And,
+    BooleanExpression,
+    EqualTo,
+    GreaterThan,
+    GreaterThanOrEqual,
+    In,
+    LessThan,
+    LessThanOrEqual,
+    Or,
+)
+
+from k2.cold.tables import CANDLES, NAMESPACE, RAW, TRADES, candle_table
+from k2.hot.ddl import TIMEFRAMES, WIDE
+
+log = logging.getLogger("k2.offload")
+
+SEQ_KEY = "k2.offload.ingest_seq"
+CANDLE_SEQ_KEY = "k2.candles.ingest_seq"
+CANDLE_CLOSED_KEY = "k2.candles.closed_until"
+INT64_MAX = 2**63 - 1
+US = 1_000_000
+
+
+class SimulatedCrash(RuntimeError):
+    """Raised at a named step when a test asks for it (``Offloader(crash_at=...)``)."""
+
+
+@dataclass
+class OffloadResult:
+    trades: int = 0
+    raw_frames: int = 0
+    candles: dict[str, int] = field(default_factory=dict)
+    trade_watermark: int = 0
+    seconds: float = 0.0
+    commits: int = 0
+
+    def lines(self) -> list[str]:
+        rate = self.trades / self.seconds if self.seconds else 0.0
+        return [
+            f"trades offloaded   {self.trades}",
+            f"raw frames         {self.raw_frames}",
+            "candles written    " + ", ".join(f"{tf}={n}" for tf, n in self.candles.items()),
+            f"trade watermark    {self.trade_watermark} (ingest_seq)",
+            f"iceberg commits    {self.commits}",
+            f"seconds            {self.seconds:.2f}  ({rate:,.0f} trades/s)",
+        ]
+
+
+def latest_property(table, key: str) -> str | None:
+    """The value of ``key`` in the newest snapshot that carries it (maintenance snapshots may not)."""
+    snaps = sorted(table.snapshots(), key=lambda s: (s.sequence_number or 0, s.timestamp_ms), reverse=True)
+    for snap in snaps:
+        if snap.summary is not None:
+            value = snap.summary.get(key)
+            if value is not None:
+                return value
+    return None
+
+
+def seq_watermark(table, key: str = SEQ_KEY) -> int:
+    value = latest_property(table, key)
+    return int(value) if value is not None else -1
+
+
+class Offloader:
+    def __init__(self, store, catalog, settings, *, clock=None, crash_at: str | None = None) -> None:
+        self.store = store
+        self.catalog = catalog
+        self.settings = settings
+        self.clock = clock or (lambda: time.time_ns() // 1000)
+        self.crash_at = crash_at
+
+    def _step(self, name: str) -> None:
+        if self.crash_at == name:
+            raise SimulatedCrash(name)
+
+    def table(self, name: str):
+        return self.catalog.load_table(f"{NAMESPACE}.{name}")
+
+    # -- one cycle -----------------------------------------------------------------------------------
+    def run_cycle(self) -> OffloadResult:
+        t0 = time.perf_counter()
+        res = OffloadResult()
+        res.trades, wm = self._offload_trades(res)
+        res.trade_watermark = wm
+        self._offload_candles(wm, res)
+        res.raw_frames = self._offload_raw(res)
+        res.seconds = time.perf_counter() - t0
+        return res
+
+    # -- trades --------------------------------------------------------------------------------------
+    def _offload_trades(self, res: OffloadResult) -> tuple[int, int]:
+        table = self.table("trades")
+        wm = seq_watermark(table)
+        top = self.store.query_arrow("SELECT max(ingest_seq) AS s, count() AS n FROM trades_store").to_pylist()[0]
+        top_seq = int(top["s"]) if top["n"] else -1
+        batch = self.settings.cold.offload_batch_rows
+        moved = 0
+        schema = TRADES.as_arrow()
+        while wm < top_seq:
+            hi = min(top_seq, wm + batch)
+            rows = self.store.query_arrow(
+                "SELECT exchange, symbol, native_symbol, trade_id, price, qty, toString(side) AS side, ts, ts_recv, "
+                f"ingest_seq FROM trades_store WHERE ingest_seq > {max(wm, -1)} AND ingest_seq <= {hi} "
+                "ORDER BY exchange, symbol, trade_id"
+            )
+            data = _to_schema(rows, schema, ("trade_id", "ingest_seq"))
+            self._step("trades:before_commit")
+            if data.num_rows:
+                table.append(data, snapshot_properties={SEQ_KEY: str(hi)})
+            else:
+                table.append(schema.empty_table(), snapshot_properties={SEQ_KEY: str(hi)})
+            res.commits += 1
+            self._step("trades:after_commit")
+            moved += data.num_rows
+            wm = hi
+            log.info("offloaded %d trades, watermark %d", data.num_rows, wm)
+        return moved, wm
+
+    # -- raw frames ----------------------------------------------------------------------------------
+    def _offload_raw(self, res: OffloadResult) -> int:
+        table = self.table("raw_frames")
+        wm = seq_watermark(table)
+        top = self.store.query_arrow("SELECT max(ingest_seq) AS s, count() AS n FROM raw_frames").to_pylist()[0]
+        top_seq = int(top["s"]) if top["n"] else -1
+        batch = self.settings.cold.offload_batch_rows
+        schema = RAW.as_arrow()
+        moved = 0
+        while wm < top_seq:
+            hi = min(top_seq, wm + batch)
+            rows = self.store.query_arrow(
+                f"SELECT exchange, conn, ts_recv, frame FROM raw_frames WHERE ingest_seq > {wm} AND ingest_seq <= {hi} "
+                "ORDER BY exchange, ts_recv"
+            )
+            data = _to_schema(rows, schema, ())
+            self._step("raw:before_commit")
+            table.append(data if data.num_rows else schema.empty_table(), snapshot_properties={SEQ_KEY: str(hi)})
+            res.commits += 1
+            self._step("raw:after_commit")
+            moved += data.num_rows
+            wm = hi
+        return moved
+
+    # -- candles -------------------------------------------------------------------------------------
+    def _offload_candles(self, trade_wm: int, res: OffloadResult) -> None:
+        trades = self.table("trades")
+        now = self.clock()
+        grace = int(self.settings.cold.candle_close_grace_s * US)
+        for tf, interval, seconds in TIMEFRAMES:
+            width = seconds * US
+            table = self.catalog.load_table(candle_table(tf))
+            done_seq = int(latest_property(table, CANDLE_SEQ_KEY) or -1)
+            closed_prev = int(latest_property(table, CANDLE_CLOSED_KEY) or 0)
+            closed = max(closed_prev, ((now - grace) // width) * width)
+            if done_seq >= trade_wm and closed == closed_prev:
+                res.candles[tf] = 0
+                continue
+            # buckets to (re)compute: those closing now, and closed ones that newly offloaded trades fall in
+            parts: list[BooleanExpression] = []
+            if closed > closed_prev:
+                parts.append(And(GreaterThanOrEqual("ts", _ts(closed_prev)), LessThan("ts", _ts(closed))))
+            late = self._late_buckets(trades, done_seq, trade_wm, closed_prev, width)
+            for (ex, sym), buckets in late.items():
+                for b in buckets:
+                    parts.append(And(EqualTo("exchange", ex), EqualTo("symbol", sym),
+                                     GreaterThanOrEqual("ts", _ts(b)), LessThan("ts", _ts(b + width))))
+            source = trades.scan(row_filter=_or(parts)).to_arrow() if parts else TRADES.as_arrow().empty_table()
+            candles = self._aggregate(source, interval, closed)
+            deletes: list[BooleanExpression] = []
+            if closed > closed_prev:
+                deletes.append(And(GreaterThanOrEqual("bucket", _ts(closed_prev)), LessThan("bucket", _ts(closed))))
+            for (ex, sym), buckets in late.items():
+                deletes.append(And(EqualTo("exchange", ex), EqualTo("symbol", sym), In("bucket", [_ts(b) for b in buckets])))
+            props = {CANDLE_SEQ_KEY: str(trade_wm), CANDLE_CLOSED_KEY: str(closed)}
+            self._step(f"candles:{tf}:before_commit")
+            with table.transaction() as tx, warnings.catch_warnings():
+                warnings.filterwarnings("ignore", "Delete operation did not match any records")
+                if deletes:
+                    tx.delete(delete_filter=_or(deletes), snapshot_properties=props)
+                tx.append(candles if candles.num_rows else CANDLES.as_arrow().empty_table(), snapshot_properties=props)
+            res.commits += 1
+            res.candles[tf] = candles.num_rows
+            self._step(f"candles:{tf}:after_commit")
+
+    def _late_buckets(self, trades, done_seq: int, trade_wm: int, closed_prev: int, width: int) -> dict:
+        """(exchange, symbol) -> bucket starts (µs) of already-closed buckets hit by trades offloaded since."""
+        if trade_wm <= done_seq or closed_prev == 0:
+            return {}
+        new = trades.scan(
+            row_filter=And(GreaterThan("ingest_seq", done_seq), LessThanOrEqual("ingest_seq", trade_wm),
+                           LessThan("ts", _ts(closed_prev))),
+            selected_fields=("exchange", "symbol", "ts"),
+        ).to_arrow()
+        out: dict[tuple[str, str], set[int]] = {}
+        if not new.num_rows:
+            return out
+        ts = pc.cast(new.column("ts"), pa.int64()).to_numpy()
+        starts = (ts // width) * width
+        for ex, sym, b in zip(new.column("exchange").to_pylist(), new.column("symbol").to_pylist(), starts.tolist()):
+            out.setdefault((ex, sym), set()).add(int(b))
+        return {k: sorted(v) for k, v in out.items()}
+
+    def _aggregate(self, source: pa.Table, interval: str, closed: int) -> pa.Table:
+        """Candles of ``source`` trades, exactly as the hot views define them, for buckets before ``closed``."""
+        if not source.num_rows:
+            return CANDLES.as_arrow().empty_table()
+        table = source.select(["exchange", "symbol", "trade_id", "price", "qty", "ts"])  # noqa: F841 (read by chdb)
+        out = self.store.query_arrow_over(
+            f"""SELECT exchange, symbol, toDateTime64(bucket_s, 6, 'UTC') AS bucket, open, high, low, close, volume,
+                CAST(qv AS Decimal(38, 18)) AS quote_volume, qv AS qv_exact,
+                CAST(qv / volume AS Decimal(38, 18)) AS vwap, toInt64(n) AS trade_count
+            FROM (
+                SELECT exchange, symbol, toStartOfInterval(toDateTime(ts, 'UTC'), {interval}) AS bucket_s,
+                    argMin(price, (ts, trade_id)) AS open, max(price) AS high, min(price) AS low,
+                    argMax(price, (ts, trade_id)) AS close, sum(qty) AS volume,
+                    sum(CAST(price AS {WIDE}) * qty) AS qv, count() AS n
+                FROM Python(table)
+                GROUP BY exchange, symbol, bucket_s
+            )
+            WHERE toUnixTimestamp(bucket_s) * 1000000 < {closed}
+            ORDER BY exchange, symbol, bucket""",
+            table,
+        )
+        exact = pc.equal(pc.cast(out.column("quote_volume"), pa.decimal256(76, 36)), out.column("qv_exact"))
+        if out.num_rows and not pc.all(exact).as_py():
+            bad = out.filter(pc.invert(exact)).slice(0, 1).to_pylist()[0]
+            raise ValueError(
+                f"quote_volume {bad['qv_exact']} of {bad['exchange']} {bad['symbol']} {bad['bucket']} has more than "
+                "18 decimal places and cannot be stored exactly in Iceberg decimal(38, 18)"
+            )
+        return _to_schema(out.drop_columns(["qv_exact"]), CANDLES.as_arrow(), ())
+
+
+def _ts(us: int):
+    """A timestamptz literal for PyIceberg expressions (µs since the epoch)."""
+    return int(us)
+
+
+def _or(parts: list[BooleanExpression]) -> BooleanExpression:
+    if not parts:
+        return AlwaysFalse()
+    expr = parts[0]
+    for p in parts[1:]:
+        expr = Or(expr, p)
+    return expr
+
+
+def _to_schema(rows: pa.Table, schema: pa.Schema, unsigned: tuple[str, ...]) -> pa.Table:
+    """Cast a hot-tier Arrow result to the Iceberg table's Arrow schema; refuse ids beyond int64."""
+    for name in unsigned:
+        col = rows.column(name)
+        if rows.num_rows and pc.max(col).as_py() > INT64_MAX:
+            raise ValueError(f"{name} above 2^63-1 cannot be stored in Iceberg (long)")
+    arrays = [rows.column(f.name).cast(f.type) for f in schema]
+    return pa.Table.from_arrays(arrays, schema=schema)
