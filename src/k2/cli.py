@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Sequence
 
 from k2 import __version__
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("sql", help="run a read-only SQL query against the store")
     sp.add_argument("query", help="one SELECT statement")
     sp.add_argument("--format", choices=sorted(FORMATS), default="table")
+    sp.add_argument("--as-of", help="read the cold tier as it was at this time (ISO 8601 UTC or integer µs): time travel")
     _common(sp)
 
     up = sub.add_parser("up", help="run the platform: live feeds, bus, hot writer (Ctrl-C drains and stops)")
@@ -105,9 +107,22 @@ def _exchanges(text: str | None) -> tuple[str, ...] | None:
     return tuple(x.strip().lower() for x in text.split(",") if x.strip())
 
 
+def _absolute(args: argparse.Namespace) -> None:
+    """File arguments as absolute paths: opening a store with a cold tier may change the working directory."""
+    import os
+
+    for name in ("files", "out", "config", "data_dir"):
+        value = getattr(args, name, None)
+        if isinstance(value, list):
+            setattr(args, name, [os.path.abspath(v) for v in value])
+        elif isinstance(value, str):
+            setattr(args, name, os.path.abspath(value))
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     from k2.settings import load_settings
 
+    _absolute(args)
     if args.command == "simulate":
         return _simulate(args)
     overrides = {"data_dir": args.data_dir}
@@ -227,14 +242,39 @@ def _simulate(args) -> int:
     return 0
 
 
+def _sql_as_of(args, settings, store, fmt, extra) -> str:
+    from k2.capture.export import parse_time
+    from k2.cold.catalog import open_catalog
+    from k2.cold.tiers import install_asof_views, install_cold_tables
+    from k2.query.readonly import ReadOnlySQL
+
+    at_ms = parse_time(args.as_of, "--as-of") // 1000
+    catalog = open_catalog(settings)
+    install_cold_tables(store, catalog, settings)
+    install_asof_views(store)
+    first = min((s.timestamp_ms for s in catalog.load_table("k2.trades").snapshots()), default=None)
+    if first is None or at_ms < first:
+        raise DataError(f"--as-of: the cold tier has no snapshot at or before {args.as_of}")
+    ro = ReadOnlySQL(store, timeout_s=settings.query.timeout_s, output_settings=[*extra, f"iceberg_timestamp_ms = {at_ms}"])
+    store.execute("USE k2_asof")
+    try:
+        return ro.text(args.query, fmt)
+    finally:
+        store.execute("USE default")
+
+
 def _offload(settings) -> int:
     from k2.cold.catalog import open_catalog
     from k2.cold.offload import Offloader
 
     catalog = open_catalog(settings)
+    from k2.cold.tiers import apply_retention
+
     with _open_store(settings) as store:
         result = Offloader(store, catalog, settings).run_cycle()
+        kept = apply_retention(store, catalog, settings, time.time_ns() // 1000)
     print("\n".join(result.lines()))
+    print(f"hot trades dropped {kept.trades_dropped} (older than {settings.cold.hot_retention_days:g} days, checked against cold)")
     return 0
 
 
@@ -253,8 +293,11 @@ def _sql(args, settings) -> int:
 
     fmt, extra = FORMATS[args.format]
     with _open_store(settings) as store:
-        ro = ReadOnlySQL(store, timeout_s=settings.query.timeout_s, output_settings=extra)
-        out = ro.text(args.query, fmt)
+        if args.as_of:
+            out = _sql_as_of(args, settings, store, fmt, extra)
+        else:
+            ro = ReadOnlySQL(store, timeout_s=settings.query.timeout_s, output_settings=extra)
+            out = ro.text(args.query, fmt)
     if args.format == "json":
         rows = [ln for ln in out.splitlines() if ln.strip()]
         out = "[" + ",\n".join(rows) + "]\n"

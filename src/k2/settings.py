@@ -167,7 +167,7 @@ class Settings(BaseSettings):
     def _data_dir(cls, v: Path) -> Path:
         if str(v).strip() == "":
             raise ValueError("must not be empty")
-        return v
+        return v.expanduser().absolute()  # fixed at start-up: the working directory may change later
 
     @field_validator(
         "binance_ws_url", "kraken_ws_url", "coinbase_ws_url", "binance_rest_url", "kraken_rest_url", "coinbase_rest_url"

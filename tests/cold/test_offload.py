@@ -165,7 +165,7 @@ def test_open_buckets_wait_until_closed(env):
 def test_offload_while_ingest_continues(tmp_path, env, parsers):
     settings, store, catalog = env
     cap = tmp_path / "more.jsonl"
-    write_synthetic_capture(cap, 6_000, seed=12, rate=40.0, start_us=T0 + 3_600_000_000)
+    write_synthetic_capture(cap, 10_000, seed=12, rate=40.0, start_us=T0 + 3_600_000_000, id_offset=500_000)
     errors = []
 
     def ingest():
@@ -177,11 +177,12 @@ def test_offload_while_ingest_continues(tmp_path, env, parsers):
     t = threading.Thread(target=ingest)
     t.start()
     off = Offloader(store, catalog, settings, clock=lambda: NOW)
-    cycles = 0
+    cycles, partial = 0, False
     while t.is_alive() and cycles < 50:
         off.run_cycle()
         cycles += 1
+        partial = partial or (t.is_alive() and len(cold_trades(catalog)) < 14_000)
     t.join(60)
-    assert not errors and cycles >= 2
+    assert not errors and cycles >= 1 and partial  # at least one cycle ran mid-ingest
     off.run_cycle()
     check_cold_equals_hot(store, catalog)

@@ -51,7 +51,7 @@ class Outcome:
     sim_stats: dict[str, dict]
 
 
-def make_settings(tmp_path, sim: ExchangeSimulator, exchanges, *, advanced: bool = False, **feeds):
+def make_settings(tmp_path, sim: ExchangeSimulator, exchanges, *, advanced: bool = False, cold: dict | None = None, **feeds):
     env = sim.settings_env(advanced)
     urls = {k[3:].lower(): v for k, v in env.items()}
     return load_settings(
@@ -61,6 +61,7 @@ def make_settings(tmp_path, sim: ExchangeSimulator, exchanges, *, advanced: bool
         feeds={**FAST_FEEDS, **feeds},
         coinbase_feed="advanced" if advanced else "exchange",
         writer={"max_delay_ms": 20},
+        cold=cold or {},
         **urls,
     )
 
@@ -108,6 +109,7 @@ async def run_with_sim(
     sim_kw: dict | None = None,
     advanced: bool = False,
     settle_timeout: float = 30.0,
+    cold: dict | None = None,
     **feeds,
 ) -> Outcome:
     sim = ExchangeSimulator(sim_config(exchanges, **(sim_kw or {})))
@@ -119,7 +121,7 @@ async def run_with_sim(
     heads = {(ex, inst.symbol): sim.last_id(ex, inst.symbol) for ex in exchanges
              for inst in sim.config.instrument_table().for_exchange(ex)}
     try:
-        settings = make_settings(tmp_path, sim, exchanges, advanced=advanced, **feeds)
+        settings = make_settings(tmp_path, sim, exchanges, advanced=advanced, cold=cold, **feeds)
         stop = asyncio.Event()
         holder: list[Platform] = []
         task = asyncio.create_task(run_platform(settings, stop, on_start=holder.append))

@@ -88,7 +88,13 @@ def _civil(z: int) -> tuple[int, int, int]:
 
 
 def synth_trades(
-    instruments: list[Instrument], n: int, *, seed: int = 7, start_us: int = 1_784_073_600_000_000, rate: float = 5_000.0
+    instruments: list[Instrument],
+    n: int,
+    *,
+    seed: int = 7,
+    start_us: int = 1_784_073_600_000_000,
+    rate: float = 5_000.0,
+    id_offset: int = 0,
 ) -> Iterator[SynthTrade]:
     """``n`` trades across ``instruments`` in receive order, about ``rate`` trades/s overall."""
     rng = np.random.default_rng(seed)
@@ -105,7 +111,7 @@ def synth_trades(
     state = []
     for k, inst in enumerate(instruments):
         price, pdec, qdec, _ = PROFILES.get(inst.base, _DEFAULT_PROFILE)
-        state.append([int(round(price * 10**pdec)), pdec, qdec, 1_000_000 * (k + 3) + 17, inst])
+        state.append([int(round(price * 10**pdec)), pdec, qdec, 1_000_000 * (k + 3) + 17 + id_offset, inst])
     for j in range(n):
         st = state[which[j]]
         st[0] = max(1, st[0] + int(steps[j]))
@@ -169,6 +175,7 @@ def write_synthetic_capture(
     start_us: int = 1_784_073_600_000_000,
     rate: float = 5_000.0,
     control_every: int = 2_000,
+    id_offset: int = 0,
 ) -> int:
     """Write a capture of ``n_trades`` trades across the instrument table. Returns the number of lines.
 
@@ -195,7 +202,7 @@ def write_synthetic_capture(
                 records.append(("kraken", pending[-1].ts_recv_us, kraken_frame(pending), "kraken-1"))
                 pending.clear()
 
-        for k, t in enumerate(synth_trades(insts, n_trades, seed=seed, start_us=start_us, rate=rate)):
+        for k, t in enumerate(synth_trades(insts, n_trades, seed=seed, start_us=start_us, rate=rate, id_offset=id_offset)):
             ex = t.inst.exchange
             if ex != "kraken" or (pending and (pending[-1].inst is not t.inst or pending[-1].ts_us != t.ts_us)):
                 flush_kraken()

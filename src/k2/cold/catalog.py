@@ -59,5 +59,8 @@ def open_catalog(settings):
         catalog = RestCatalog("k2", **props)
     catalog.create_namespace_if_not_exists(NAMESPACE)
     for name, (schema, spec, sort) in TABLES.items():
-        catalog.create_table_if_not_exists(name, schema, partition_spec=spec, sort_order=sort, properties=TABLE_PROPERTIES)
+        # checked first: create_table_if_not_exists writes a metadata file before it finds the table exists,
+        # leaving an orphan that engines listing metadata/ (ClickHouse's icebergLocal) could trip over
+        if not catalog.table_exists(name):
+            catalog.create_table_if_not_exists(name, schema, partition_spec=spec, sort_order=sort, properties=TABLE_PROPERTIES)
     return catalog

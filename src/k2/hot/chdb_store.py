@@ -93,7 +93,19 @@ class ChdbStore:
         row = self.query_arrow("SELECT max(ingest_seq) AS s FROM raw_frames")
         self._next_raw_seq = row["s"][0].as_py() + 1
         self._max_id: dict[str, int] | None = None  # highest stored trade_id per 'exchange<US>symbol'
+        self._cold_files_root()
         self.repaired_months = self.check_candles(repair=True)
+
+    def _cold_files_root(self) -> None:
+        """Views reading a local Iceberg warehouse need it inside the working directory (see k2.cold.tiers)."""
+        rows = self.query_arrow(
+            "SELECT create_table_query AS q FROM system.tables WHERE database = currentDatabase() "
+            "AND name = 'cold_trades'"
+        ).to_pylist()
+        if rows and "IcebergLocal('" in rows[0]["q"]:
+            from k2.cold.tiers import files_root
+
+            files_root(self, rows[0]["q"].split("IcebergLocal('", 1)[1].split("'", 1)[0])
 
     # -- candle consistency ---------------------------------------------------------------------------
     def check_candles(self, repair: bool = False) -> list[int]:
@@ -122,6 +134,13 @@ class ChdbStore:
                 ).to_pylist()
             }
             bad.update(m for m in set(trades) | set(candles) if trades.get(m, 0) != candles.get(m, 0))
+        # months retention has thinned (trades dropped once the cold tier held them, old candles dropped) are not
+        # comparable: their candles legitimately count trades the hot tier no longer has
+        thinned = self.query_arrow(
+            "SELECT toYYYYMM(max(cutoff)) AS m, count() AS n FROM k2_tier_state FINAL"
+        ).to_pylist()[0]
+        if thinned["n"]:
+            bad = {m for m in bad if m > thinned["m"]}
         months = sorted(bad)
         if repair:
             for month in months:

@@ -95,10 +95,14 @@ GROUP BY exchange, symbol, bucket"""
 
 
 def _candle_view(name: str) -> str:
+    return f"CREATE VIEW IF NOT EXISTS ohlcv_{name} AS\n{candle_view_select(name)}"
+
+
+def candle_view_select(name: str) -> str:
+    """The hot part of the ``ohlcv_<name>`` view (the cold tier may be UNIONed to it, see k2.cold.tiers)."""
     # One level, arguments qualified with the table alias (`s.volume`) so they never resolve to the output
     # aliases of the same name: a nested subquery did the same job ~2 ms slower per query.
-    return f"""CREATE VIEW IF NOT EXISTS ohlcv_{name} AS
-SELECT exchange, symbol, bucket,
+    return f"""SELECT exchange, symbol, bucket,
     argMinMerge(s.open) AS open,
     max(s.high) AS high,
     min(s.low) AS low,
@@ -109,6 +113,16 @@ SELECT exchange, symbol, bucket,
     sum(s.trade_count) AS trade_count
 FROM ohlcv_{name}_store AS s
 GROUP BY exchange, symbol, bucket"""
+
+
+def trades_view_select() -> str:
+    """The hot part of the ``trades`` view."""
+    return f"""SELECT exchange, symbol, trade_id,
+    CAST(price AS {WIDE}) AS price,
+    CAST(qty AS {WIDE}) AS qty,
+    side, ts, ts_recv, native_symbol, ingest_seq,
+    price * qty AS quote_qty  -- over the aliases above: the same expression as a user's price * qty
+FROM trades_store"""
 
 
 V1: list[str] = [
@@ -163,13 +177,7 @@ SETTINGS lightweight_mutation_projection_mode = 'rebuild', deduplicate_merge_pro
     # price and qty are widened to Decimal(76, 18) in the view: ClickHouse multiplies Decimal(38, 18) values
     # into Decimal(38, 36) and overflows silently, so a user's plain `price * qty` would be wrong. Widened,
     # `price * qty` is an exact Decimal(76, 36); `quote_qty` is that product, spelled out.
-    f"""CREATE VIEW IF NOT EXISTS trades AS
-SELECT exchange, symbol, trade_id,
-    CAST(price AS {WIDE}) AS price,
-    CAST(qty AS {WIDE}) AS qty,
-    side, ts, ts_recv, native_symbol, ingest_seq,
-    price * qty AS quote_qty  -- over the aliases above: the same expression as a user's price * qty
-FROM trades_store""",
+    f"CREATE VIEW IF NOT EXISTS trades AS\n{trades_view_select()}",
     *[_candle_view(name) for name, _, _ in TIMEFRAMES],
     """CREATE VIEW IF NOT EXISTS dead_letters AS
 SELECT exchange, conn, ts_recv, reason, frame, recorded_at
@@ -206,11 +214,25 @@ V3: list[str] = [
     "ALTER TABLE raw_frames ADD COLUMN IF NOT EXISTS ingest_seq UInt64 DEFAULT 0 CODEC(Delta, ZSTD(1))",
 ]
 
+# What the hot tier no longer holds because the cold tier does (retention), per layer: rows with
+# ts < cutoff AND ingest_seq <= seq were dropped (trades); buckets < cutoff were dropped (candles).
+V4: list[str] = [
+    f"""CREATE TABLE IF NOT EXISTS k2_tier_state (
+    layer LowCardinality(String),
+    cutoff {TS},
+    seq UInt64,
+    cold_location String,
+    updated {TS}
+) ENGINE = ReplacingMergeTree(updated)
+ORDER BY layer""",
+]
+
 #: version -> (description, statements). Append only.
 MIGRATIONS: dict[int, tuple[str, list[str]]] = {
     1: ("raw frames, dead letters, deduplicated trades, cascaded OHLCV candles, public views", V1),
     2: ("sequence gaps of the live feeds and their backfill (gaps_store, view gaps)", V2),
     3: ("ingestion sequence of raw frames (cold-tier offload key)", V3),
+    4: ("hot retention state: what only the cold tier holds (k2_tier_state)", V4),
 }
 
 MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS k2_schema_migrations (

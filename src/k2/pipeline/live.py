@@ -54,6 +54,9 @@ class Platform:
     backfillers: dict[str, Backfiller] = field(default_factory=dict)
     trackers: dict[str, GapTracker] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
+    offloads: int = 0
+    offload_errors: int = 0
+    last_offload: object = None
 
     def status(self) -> dict[str, FeedStatus]:
         return {ex: s.status for ex, s in self.sessions.items()}
@@ -69,7 +72,7 @@ class Platform:
                 f"reconnects={sum(st.disconnects.values())}"
             )
         w = self.writer.stats
-        parts.append(f"stored={w.trades_stored} dup={w.duplicates}")
+        parts.append(f"stored={w.trades_stored} dup={w.duplicates} offloads={self.offloads}")
         return " | ".join(parts)
 
 
@@ -129,6 +132,7 @@ async def run_platform(
     inner = asyncio.Event()  # stops the feeds: set by ``stop`` or by a writer failure
     tasks = [asyncio.create_task(s.run(inner), name=f"feed-{ex}") for ex, s in platform.sessions.items()]
     tasks += [asyncio.create_task(b.run(inner), name=f"backfill-{ex}") for ex, b in platform.backfillers.items()]
+    tasks.append(asyncio.create_task(_cold_loop(platform, inner), name="cold-tier"))
     watcher = asyncio.create_task(_watch(platform, stop, inner), name="k2-watch")
     try:
         await watcher
@@ -175,6 +179,48 @@ async def _watch(platform: Platform, stop: asyncio.Event, inner: asyncio.Event) 
             await asyncio.wait_for(stop.wait(), 0.2)
         except TimeoutError:
             pass
+
+
+async def _cold_loop(platform: Platform, stop: asyncio.Event) -> None:
+    """Offload (and hot retention after it) every ``cold.offload_interval_s``; maintenance every
+    ``cold.maintain_interval_s``. Runs in a worker thread while ingestion goes on; a failed cycle is logged and
+    retried at the next interval (the offload is exactly-once, so a rerun is always safe)."""
+    from k2.cold.catalog import open_catalog
+    from k2.cold.offload import Offloader
+    from k2.cold.tiers import apply_retention
+
+    c = platform.settings.cold
+    next_maintain = time.monotonic() + c.maintain_interval_s
+    catalog = None
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), c.offload_interval_s)
+            return
+        except TimeoutError:
+            pass
+        try:
+            if catalog is None:
+                catalog = await asyncio.to_thread(open_catalog, platform.settings)
+
+            def cycle():
+                res = Offloader(platform.store, catalog, platform.settings).run_cycle()
+                kept = apply_retention(platform.store, catalog, platform.settings, time.time_ns() // 1000)
+                return res, kept
+
+            res, kept = await asyncio.to_thread(cycle)
+            platform.offloads += 1
+            platform.last_offload = res
+            log.info("offload: %d trades, %d raw frames, watermark %d; hot retention dropped %d trades",
+                     res.trades, res.raw_frames, res.trade_watermark, kept.trades_dropped)
+            if time.monotonic() >= next_maintain:
+                next_maintain = time.monotonic() + c.maintain_interval_s
+                from k2.cold.maintain import maintain
+
+                report = await asyncio.to_thread(maintain, platform.store, catalog, platform.settings)
+                log.info("maintenance: %s", "; ".join(report.lines()[:3]))
+        except Exception as exc:  # logged; the next cycle retries
+            platform.offload_errors += 1
+            log.exception("offload cycle failed: %s", exc)
 
 
 def _pending_gaps(store) -> dict[str, list[Gap]]:
