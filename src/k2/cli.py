@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     op = sub.add_parser("offload", help="run one offload cycle: hot trades, closed candles and raw frames to Iceberg")
     _common(op)
+    mp = sub.add_parser("maintain", help="cold-tier maintenance: compaction, snapshot expiry, orphan files, hot/cold audit")
+    _common(mp)
 
     cp = sub.add_parser("capture", help="capture files")
     csub = cp.add_subparsers(dest="capture_command", required=True)
@@ -135,6 +137,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _export(args, settings)
     if args.command == "offload":
         return _offload(settings)
+    if args.command == "maintain":
+        return _maintain(settings)
     if args.command == "replay":
         return _replay(args, settings)
     if args.command == "sql":
@@ -276,6 +280,17 @@ def _offload(settings) -> int:
     print("\n".join(result.lines()))
     print(f"hot trades dropped {kept.trades_dropped} (older than {settings.cold.hot_retention_days:g} days, checked against cold)")
     return 0
+
+
+def _maintain(settings) -> int:
+    from k2.cold.catalog import open_catalog
+    from k2.cold.maintain import maintain
+
+    catalog = open_catalog(settings)
+    with _open_store(settings) as store:
+        report = maintain(store, catalog, settings)
+    print("\n".join(report.lines()))
+    return 1 if report.mismatches or report.errors else 0
 
 
 def _export(args, settings) -> int:

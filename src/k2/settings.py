@@ -115,7 +115,7 @@ class ColdSettings(_Frozen):
     s3_access_key_id: SecretStr | None = None
     s3_secret_access_key: SecretStr | None = None
     offload_interval_s: float = Field(900.0, gt=0, description="`k2 up` offloads this often")
-    offload_batch_rows: int = Field(2_000_000, ge=1_000, description="trades per Iceberg commit at most")
+    offload_batch_rows: int = Field(1_000_000, ge=1_000, description="trades per Iceberg commit at most")
     candle_close_grace_s: float = Field(60.0, ge=0, description="a bucket is closed this long after its end")
     hot_retention_days: float = Field(7.0, gt=0, description="hot trades older than this are dropped once cold holds them")
     hot_candle_retention_days: float = Field(400.0, gt=0, description="hot candles are kept this long")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from k2.cold.tables import NAMESPACE, TABLE_PROPERTIES, TABLES
+from k2.cold.tables import NAMESPACE, TABLES
 from k2.errors import ConfigError
 
 
@@ -58,9 +58,9 @@ def open_catalog(settings):
 
         catalog = RestCatalog("k2", **props)
     catalog.create_namespace_if_not_exists(NAMESPACE)
-    for name, (schema, spec, sort) in TABLES.items():
+    for name, (schema, spec, sort, properties) in TABLES.items():
         # checked first: create_table_if_not_exists writes a metadata file before it finds the table exists,
         # leaving an orphan that engines listing metadata/ (ClickHouse's icebergLocal) could trip over
         if not catalog.table_exists(name):
-            catalog.create_table_if_not_exists(name, schema, partition_spec=spec, sort_order=sort, properties=TABLE_PROPERTIES)
+            catalog.create_table_if_not_exists(name, schema, partition_spec=spec, sort_order=sort, properties=properties)
     return catalog

@@ -27,7 +27,11 @@ How watermarks survive
     ``commit.retry.num-retries = 0`` (set on its private in-memory copy of the table; nothing is written to
     the catalog) and the catalog's optimistic check on the branch head refuses the commit if anything else
     landed since it read the table; it then re-reads and tries again (up to ``COMPACT_ATTEMPTS`` times).
-    Expiry additionally never expires the newest snapshot carrying each ``k2.*`` key.
+    Expiry additionally never expires the newest snapshot carrying each ``k2.*`` key. The other way round, a
+    delete + append transaction (the offload's candle commit) begun before a compaction commit of the same
+    partition fails PyIceberg's retry validation ("Added data files were found matching the filter"); the
+    offload's next cycle redoes it (its recomputation is idempotent), but running maintenance between offload
+    cycles avoids the wasted cycle.
 
 What orphan removal considers live
     Everything under the table's data and metadata locations is listed first (``pyarrow.fs`` through the
@@ -49,8 +53,10 @@ Audit
     hold (``ingest_seq <=`` the trade watermark) minus what hot retention dropped (``k2_tier_state``: ``ts <
     cutoff AND ingest_seq <= seq``, so a day retention cut through is compared on its remaining rows). A
     partition with no hot rows at all is ``cold only`` (retention): its row count comes from Iceberg metadata
-    (sum, ids ``None``), so the whole history is not scanned every day; only the days the hot tier still has
-    are read from the cold tier. A partition whose values differ is ``MISMATCH``, with both sides' values.
+    and its sum and ids are ``None``, so the whole history is not scanned every day; only the days the hot
+    tier still has are read from the cold tier, one day at a time. Hot rows above the watermark (not offloaded
+    yet) are outside the comparison: a partition holding only such rows is ``ok`` with zero rows on both
+    sides. A partition whose values differ is ``MISMATCH``, with both sides' values.
 """
 
 from __future__ import annotations
@@ -220,12 +226,14 @@ def compact_table(
             stats.files_removed += removed
             stats.files_added += added
             stats.rows += rows
-            log.info("compacted %s %s: %d files -> %d (%d rows)", table_name, _describe(table, key), removed, added, rows)
+            log.info("compacted %s %s: %d files -> %d (%d rows)", table_name, _describe(table, key),
+                     removed, added, rows)
             break
         else:
             stats.skipped.append(f"{_describe(table, key)}: concurrent commits won {COMPACT_ATTEMPTS} times")
             log.warning("compaction of %s %s skipped: concurrent commits won %d times", table_name,
                         _describe(table, key), COMPACT_ATTEMPTS)
+            table = catalog.load_table(table_name)
     return stats
 
 
@@ -530,22 +538,22 @@ def audit(store, catalog) -> list[AuditRow]:
         "toInt64(minIf(trade_id, s)) AS lo, toInt64(maxIf(trade_id, s)) AS hi "
         "FROM (SELECT exchange, ts, trade_id, price, qty, ({scope}) AS s FROM {source}) GROUP BY exchange, day"
     )
-    hot = {(r["exchange"], r["day"]): r for r in store.query_arrow(agg.format(scope=scope, source="trades_store")).to_pylist()}
+    hot_rows = store.query_arrow(agg.format(scope=scope, source="trades_store")).to_pylist()
+    hot = {(r["exchange"], r["day"]): r for r in hot_rows}
     cold: dict[tuple[str, date], dict] = {}
-    if hot and wm >= 0:
-        first_day = min(day for _, day in hot)
+    for day in sorted({d for _, d in hot}) if wm >= 0 else ():
+        # one day at a time (one partition per exchange): memory stays bounded by a day of trades
+        start = (day - EPOCH).days * DAY_US
         rows = trades.scan(
             row_filter=And(
-                LessThanOrEqual("ingest_seq", wm),
-                And(GreaterThanOrEqual("ts", (first_day - EPOCH).days * DAY_US), In("exchange", sorted({e for e, _ in hot}))),
+                And(LessThanOrEqual("ingest_seq", wm), In("exchange", sorted({e for e, d in hot if d == day}))),
+                And(GreaterThanOrEqual("ts", start), LessThan("ts", start + DAY_US)),
             ),
             selected_fields=("exchange", "trade_id", "price", "qty", "ts", "ingest_seq"),
         ).to_arrow()
         if rows.num_rows:
-            cold = {
-                (r["exchange"], r["day"]): r
-                for r in store.query_arrow_over(agg.format(scope=scope, source="Python(table)"), rows).to_pylist()
-            }
+            for r in store.query_arrow_over(agg.format(scope=scope, source="Python(table)"), rows).to_pylist():
+                cold[(r["exchange"], r["day"])] = r
     out: list[AuditRow] = []
     for key, h in hot.items():
         c = cold.get(key)

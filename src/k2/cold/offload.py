@@ -17,11 +17,14 @@ so a crash between any two commits is repaired by the next cycle.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyiceberg.expressions import (
@@ -123,26 +126,42 @@ class Offloader:
         top = self.store.query_arrow("SELECT max(ingest_seq) AS s, count() AS n FROM trades_store").to_pylist()[0]
         top_seq = int(top["s"]) if top["n"] else -1
         batch = self.settings.cold.offload_batch_rows
+        ranges = []
+        lo = wm
+        while lo < top_seq:
+            hi = min(top_seq, lo + batch)
+            ranges.append((lo, hi))
+            lo = hi
         moved = 0
         schema = TRADES.as_arrow()
-        while wm < top_seq:
-            hi = min(top_seq, wm + batch)
+
+        def read(bounds: tuple[int, int]) -> pa.Table:
+            a, b = bounds
             rows = self.store.query_arrow(
-                "SELECT exchange, symbol, native_symbol, trade_id, price, qty, toString(side) AS side, ts, ts_recv, "
-                f"ingest_seq FROM trades_store WHERE ingest_seq > {max(wm, -1)} AND ingest_seq <= {hi} "
-                "ORDER BY exchange, symbol, trade_id"
+                "SELECT exchange, symbol, native_symbol, trade_id, price, qty, side, ts, ts_recv, "
+                f"ingest_seq FROM trades_store WHERE ingest_seq > {a} AND ingest_seq <= {b} "
+                "ORDER BY toDate(ts), exchange, symbol, trade_id"  # partition order, then the table's sort order
             )
-            data = _to_schema(rows, schema, ("trade_id", "ingest_seq"))
-            self._step("trades:before_commit")
-            if data.num_rows:
-                table.append(data, snapshot_properties={SEQ_KEY: str(hi)})
-            else:
-                table.append(schema.empty_table(), snapshot_properties={SEQ_KEY: str(hi)})
-            res.commits += 1
-            self._step("trades:after_commit")
-            moved += data.num_rows
-            wm = hi
-            log.info("offloaded %d trades, watermark %d", data.num_rows, wm)
+            # Enum8('buy' = 1, 'sell' = 2) arrives as its codes: decoded here, ~25% cheaper than toString in SQL
+            side = pa.DictionaryArray.from_arrays(
+                pc.subtract(rows.column("side").combine_chunks().cast(pa.int8()), 1), pa.array(["buy", "sell"])
+            ).cast(pa.string())
+            rows = rows.set_column(rows.schema.get_field_index("side"), "side", side)
+            return _to_schema(rows, schema, ("trade_id", "ingest_seq"))
+
+        # the next batch is read from the hot tier while the current one is written (chdb releases the GIL)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="k2-offload-read") as reader:
+            nxt = reader.submit(read, ranges[0]) if ranges else None
+            for i, (_, hi) in enumerate(ranges):
+                data = nxt.result()
+                nxt = reader.submit(read, ranges[i + 1]) if i + 1 < len(ranges) else None
+                self._step("trades:before_commit")
+                append_partitioned(table, data, {SEQ_KEY: str(hi)}, ("ts", "exchange"))
+                res.commits += 1
+                self._step("trades:after_commit")
+                moved += data.num_rows
+                wm = hi
+                log.info("offloaded %d trades, watermark %d", data.num_rows, wm)
         return moved, wm
 
     # -- raw frames ----------------------------------------------------------------------------------
@@ -174,6 +193,7 @@ class Offloader:
         trades = self.table("trades")
         now = self.clock()
         grace = int(self.settings.cold.candle_close_grace_s * US)
+        plans = []
         for tf, interval, seconds in TIMEFRAMES:
             width = seconds * US
             table = self.catalog.load_table(candle_table(tf))
@@ -183,17 +203,26 @@ class Offloader:
             if done_seq >= trade_wm and closed == closed_prev:
                 res.candles[tf] = 0
                 continue
-            # buckets to (re)compute: those closing now, and closed ones that newly offloaded trades fall in
-            parts: list[BooleanExpression] = []
-            if closed > closed_prev:
-                parts.append(And(GreaterThanOrEqual("ts", _ts(closed_prev)), LessThan("ts", _ts(closed))))
             late = self._late_buckets(trades, done_seq, trade_wm, closed_prev, width)
+            plans.append((tf, interval, width, table, closed_prev, closed, late))
+        if not plans:
+            return
+        # one read of the cold trades serves every timeframe: the union of the closing ranges and late buckets
+        parts: list[BooleanExpression] = []
+        lo = min((p[4] for p in plans if p[5] > p[4]), default=None)
+        hi = max((p[5] for p in plans if p[5] > p[4]), default=None)
+        if lo is not None:
+            parts.append(And(GreaterThanOrEqual("ts", _ts(lo)), LessThan("ts", _ts(hi))))
+        for _, _, width, _, _, _, late in plans:
             for (ex, sym), buckets in late.items():
                 for b in buckets:
                     parts.append(And(EqualTo("exchange", ex), EqualTo("symbol", sym),
                                      GreaterThanOrEqual("ts", _ts(b)), LessThan("ts", _ts(b + width))))
-            source = trades.scan(row_filter=_or(parts)).to_arrow() if parts else TRADES.as_arrow().empty_table()
-            candles = self._aggregate(source, interval, closed)
+        source = trades.scan(
+            row_filter=_or(parts), selected_fields=("exchange", "symbol", "trade_id", "price", "qty", "ts")
+        ).to_arrow() if parts else None
+        for tf, interval, width, table, closed_prev, closed, late in plans:
+            candles = self._aggregate(source, interval, closed_prev, closed, late)
             deletes: list[BooleanExpression] = []
             if closed > closed_prev:
                 deletes.append(And(GreaterThanOrEqual("bucket", _ts(closed_prev)), LessThan("bucket", _ts(closed))))
@@ -228,26 +257,30 @@ class Offloader:
             out.setdefault((ex, sym), set()).add(int(b))
         return {k: sorted(v) for k, v in out.items()}
 
-    def _aggregate(self, source: pa.Table, interval: str, closed: int) -> pa.Table:
-        """Candles of ``source`` trades, exactly as the hot views define them, for buckets before ``closed``."""
-        if not source.num_rows:
+    def _aggregate(self, source: pa.Table | None, interval: str, closed_prev: int, closed: int, late: dict) -> pa.Table:
+        """Candles of the ``source`` trades, exactly as the hot views define them, for the buckets in
+        [closed_prev, closed) and the ``late`` ones (``source`` holds every trade of those buckets)."""
+        if source is None or not source.num_rows:
             return CANDLES.as_arrow().empty_table()
-        table = source.select(["exchange", "symbol", "trade_id", "price", "qty", "ts"])  # noqa: F841 (read by chdb)
+        keep = [f"(b_us >= {closed_prev} AND b_us < {closed})"]
+        for (ex, sym), buckets in late.items():
+            keep.append(f"(exchange = {_lit(ex)} AND symbol = {_lit(sym)} AND b_us IN ({', '.join(map(str, buckets))}))")
         out = self.store.query_arrow_over(
             f"""SELECT exchange, symbol, toDateTime64(bucket_s, 6, 'UTC') AS bucket, open, high, low, close, volume,
                 CAST(qv AS Decimal(38, 18)) AS quote_volume, qv AS qv_exact,
                 CAST(qv / volume AS Decimal(38, 18)) AS vwap, toInt64(n) AS trade_count
             FROM (
                 SELECT exchange, symbol, toStartOfInterval(toDateTime(ts, 'UTC'), {interval}) AS bucket_s,
+                    toInt64(toUnixTimestamp(bucket_s)) * 1000000 AS b_us,
                     argMin(price, (ts, trade_id)) AS open, max(price) AS high, min(price) AS low,
                     argMax(price, (ts, trade_id)) AS close, sum(qty) AS volume,
                     sum(CAST(price AS {WIDE}) * qty) AS qv, count() AS n
                 FROM Python(table)
                 GROUP BY exchange, symbol, bucket_s
             )
-            WHERE toUnixTimestamp(bucket_s) * 1000000 < {closed}
+            WHERE {' OR '.join(keep)}
             ORDER BY exchange, symbol, bucket""",
-            table,
+            source,
         )
         exact = pc.equal(pc.cast(out.column("quote_volume"), pa.decimal256(76, 36)), out.column("qv_exact"))
         if out.num_rows and not pc.all(exact).as_py():
@@ -257,6 +290,52 @@ class Offloader:
                 "18 decimal places and cannot be stored exactly in Iceberg decimal(38, 18)"
             )
         return _to_schema(out.drop_columns(["qv_exact"]), CANDLES.as_arrow(), ())
+
+
+def append_partitioned(table, data: pa.Table, props: dict[str, str], keys: tuple[str, str]) -> None:
+    """Append ``data`` (ordered by day of ``keys[0]``, then ``keys[1]``: the table's partitions) in ONE snapshot
+    carrying ``props``.
+
+    PyIceberg's ``append`` splits a table into partitions by filtering the whole table once per partition
+    (O(partitions x rows): 85% of the offload time with 45 partitions per batch). The rows already arrive in
+    partition order, so each partition is a contiguous slice: every slice is written on its own (two at a time)
+    and all files are added by one fast-append snapshot, exactly what ``append`` commits. This uses PyIceberg's
+    own writer (``_dataframe_to_data_files``) and snapshot producer; if a PyIceberg release drops them, the
+    plain ``append`` takes over.
+    """
+    try:
+        from pyiceberg.io.pyarrow import _dataframe_to_data_files
+    except ImportError:  # pragma: no cover - another PyIceberg version
+        table.append(data, snapshot_properties=props)
+        return
+    if not data.num_rows:
+        table.append(data, snapshot_properties=props)
+        return
+    day = pc.cast(data.column(keys[0]), pa.int64()).to_numpy() // (86_400 * US)
+    part = pc.dictionary_encode(data.column(keys[1])).combine_chunks().indices.to_numpy()
+    change = np.flatnonzero((day[1:] != day[:-1]) | (part[1:] != part[:-1])) + 1
+    bounds = np.concatenate(([0], change, [data.num_rows]))
+    slices = [data.slice(int(a), int(b - a)) for a, b in zip(bounds[:-1], bounds[1:])]
+    counter = itertools.count(0)
+    with table.transaction() as tx:
+        producer = getattr(tx, "_append_snapshot_producer", None)
+        if producer is None:  # pragma: no cover - another PyIceberg version
+            tx.append(data, snapshot_properties=props)
+            return
+        with producer(props) as append:
+            def write(piece: pa.Table) -> list:
+                return list(_dataframe_to_data_files(
+                    table_metadata=tx.table_metadata, df=piece, io=table.io, write_uuid=append.commit_uuid, counter=counter
+                ))
+
+            with ThreadPoolExecutor(max_workers=2, thread_name_prefix="k2-offload-write") as pool:
+                for files in pool.map(write, slices):
+                    for f in files:
+                        append.append_data_file(f)
+
+
+def _lit(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def _ts(us: int):
