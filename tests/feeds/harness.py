@@ -108,7 +108,7 @@ async def run_with_sim(
     *,
     sim_kw: dict | None = None,
     advanced: bool = False,
-    settle_timeout: float = 30.0,
+    settle_timeout: float = 60.0,
     cold: dict | None = None,
     **feeds,
 ) -> Outcome:

@@ -102,10 +102,18 @@ async def run_platform(
     ).start()
     platform = Platform(settings, store, bus, writer)
 
+    inflight: set[asyncio.Future] = set()
+    loop = asyncio.get_running_loop()
+
     async def publish(batch: IngestBatch) -> None:
+        """Hand a batch to the bus. Shielded: a feed cancelled while it waits (a closing connection) must not
+        cancel the hand-over itself, or frames its gap tracker already counted as seen would never be stored."""
         if writer.error is not None:
             return  # the platform is stopping; the error is reported below
-        await asyncio.to_thread(bus.publish, batch)
+        fut = loop.run_in_executor(None, bus.publish, batch)
+        inflight.add(fut)
+        fut.add_done_callback(inflight.discard)
+        await asyncio.shield(fut)
 
     last = await asyncio.to_thread(store.last_trades)
     pending = await asyncio.to_thread(_pending_gaps, store)
@@ -148,6 +156,8 @@ async def run_platform(
             except (asyncio.CancelledError, Exception) as exc:
                 if not isinstance(exc, asyncio.CancelledError):
                     log.error("%s ended with %r", t.get_name(), exc)
+        if inflight:  # hand-overs of cancelled feeds still on their way to the bus
+            await asyncio.gather(*list(inflight), return_exceptions=True)
         for ex, tracker in platform.trackers.items():
             rows = tracker.take_rows()
             if rows is not None and writer.error is None:
