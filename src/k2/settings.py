@@ -114,6 +114,9 @@ class ColdSettings(_Frozen):
     s3_region: str | None = None
     s3_access_key_id: SecretStr | None = None
     s3_secret_access_key: SecretStr | None = None
+    file_io: Literal["pyarrow", "fsspec"] = Field(
+        "pyarrow", description="PyIceberg's FileIO; fsspec (s3fs) suits S3-compatible stores Arrow's client trips on"
+    )
     offload_interval_s: float = Field(900.0, gt=0, description="`k2 up` offloads this often")
     offload_batch_rows: int = Field(1_000_000, ge=1_000, description="trades per Iceberg commit at most")
     candle_close_grace_s: float = Field(60.0, ge=0, description="a bucket is closed this long after its end")

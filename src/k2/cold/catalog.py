@@ -35,6 +35,8 @@ def catalog_properties(settings) -> dict[str, str]:
     elif c.catalog == "sql":
         (cold_dir / "warehouse").mkdir(parents=True, exist_ok=True)
         props["warehouse"] = f"file://{cold_dir / 'warehouse'}"
+    if c.file_io == "fsspec":
+        props["py-io-impl"] = "pyiceberg.io.fsspec.FsspecFileIO"
     if c.s3_endpoint:
         props["s3.endpoint"] = c.s3_endpoint
     if c.s3_region:
