@@ -121,22 +121,7 @@ class Offloader:
 
     # -- trades --------------------------------------------------------------------------------------
     def _offload_trades(self, res: OffloadResult) -> tuple[int, int]:
-        table = self.table("trades")
-        wm = seq_watermark(table)
-        top = self.store.query_arrow("SELECT max(ingest_seq) AS s, count() AS n FROM trades_store").to_pylist()[0]
-        top_seq = int(top["s"]) if top["n"] else -1
-        batch = self.settings.cold.offload_batch_rows
-        ranges = []
-        lo = wm
-        while lo < top_seq:
-            hi = min(top_seq, lo + batch)
-            ranges.append((lo, hi))
-            lo = hi
-        moved = 0
-        schema = TRADES.as_arrow()
-
-        def read(bounds: tuple[int, int]) -> pa.Table:
-            a, b = bounds
+        def read(a: int, b: int) -> pa.Table:
             rows = self.store.query_arrow(
                 "SELECT exchange, symbol, native_symbol, trade_id, price, qty, side, ts, ts_recv, "
                 f"ingest_seq FROM trades_store WHERE ingest_seq > {a} AND ingest_seq <= {b} "
@@ -147,46 +132,45 @@ class Offloader:
                 pc.subtract(rows.column("side").combine_chunks().cast(pa.int8()), 1), pa.array(["buy", "sell"])
             ).cast(pa.string())
             rows = rows.set_column(rows.schema.get_field_index("side"), "side", side)
-            return _to_schema(rows, schema, ("trade_id", "ingest_seq"))
+            return _to_schema(rows, TRADES.as_arrow(), ("trade_id", "ingest_seq"))
 
-        # the next batch is read from the hot tier while the current one is written (chdb releases the GIL)
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="k2-offload-read") as reader:
-            nxt = reader.submit(read, ranges[0]) if ranges else None
-            for i, (_, hi) in enumerate(ranges):
-                data = nxt.result()
-                nxt = reader.submit(read, ranges[i + 1]) if i + 1 < len(ranges) else None
-                self._step("trades:before_commit")
-                append_partitioned(table, data, {SEQ_KEY: str(hi)}, ("ts", "exchange"))
-                res.commits += 1
-                self._step("trades:after_commit")
-                moved += data.num_rows
-                wm = hi
-                log.info("offloaded %d trades, watermark %d", data.num_rows, wm)
-        return moved, wm
+        return self._move_by_seq("trades", "trades_store", read, ("ts", "exchange"), res)
 
-    # -- raw frames ----------------------------------------------------------------------------------
     def _offload_raw(self, res: OffloadResult) -> int:
-        table = self.table("raw_frames")
+        def read(a: int, b: int) -> pa.Table:
+            rows = self.store.query_arrow(
+                f"SELECT exchange, conn, ts_recv, frame FROM raw_frames WHERE ingest_seq > {a} AND ingest_seq <= {b} "
+                "ORDER BY toDate(ts_recv), exchange, ts_recv"  # partition order, then the table's sort order
+            )
+            return _to_schema(rows, RAW.as_arrow(), ())
+
+        return self._move_by_seq("raw_frames", "raw_frames", read, ("ts_recv", "exchange"), res)[0]
+
+    def _move_by_seq(self, name: str, hot_table: str, read, keys: tuple[str, str], res: OffloadResult) -> tuple[int, int]:
+        """Move the hot rows above the cold watermark in ``offload_batch_rows`` commits, each carrying its own
+        watermark; returns (rows moved, watermark). The next batch is read from the hot tier while the current
+        one is written (chdb releases the GIL)."""
+        table = self.table(name)
         wm = seq_watermark(table)
-        top = self.store.query_arrow("SELECT max(ingest_seq) AS s, count() AS n FROM raw_frames").to_pylist()[0]
+        top = self.store.query_arrow(f"SELECT max(ingest_seq) AS s, count() AS n FROM {hot_table}").to_pylist()[0]
         top_seq = int(top["s"]) if top["n"] else -1
         batch = self.settings.cold.offload_batch_rows
-        schema = RAW.as_arrow()
+        ranges = [(lo, min(top_seq, lo + batch)) for lo in range(wm, top_seq, batch)]
+        step = "trades" if name == "trades" else "raw"
         moved = 0
-        while wm < top_seq:
-            hi = min(top_seq, wm + batch)
-            rows = self.store.query_arrow(
-                f"SELECT exchange, conn, ts_recv, frame FROM raw_frames WHERE ingest_seq > {wm} AND ingest_seq <= {hi} "
-                "ORDER BY exchange, ts_recv"
-            )
-            data = _to_schema(rows, schema, ())
-            self._step("raw:before_commit")
-            table.append(data if data.num_rows else schema.empty_table(), snapshot_properties={SEQ_KEY: str(hi)})
-            res.commits += 1
-            self._step("raw:after_commit")
-            moved += data.num_rows
-            wm = hi
-        return moved
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="k2-offload-read") as reader:
+            nxt = reader.submit(read, *ranges[0]) if ranges else None
+            for i, (_, hi) in enumerate(ranges):
+                data = nxt.result()
+                nxt = reader.submit(read, *ranges[i + 1]) if i + 1 < len(ranges) else None
+                self._step(f"{step}:before_commit")
+                append_partitioned(table, data, {SEQ_KEY: str(hi)}, keys)
+                res.commits += 1
+                self._step(f"{step}:after_commit")
+                moved += data.num_rows
+                wm = hi
+                log.info("offloaded %d rows to %s, watermark %d", data.num_rows, name, wm)
+        return moved, wm
 
     # -- candles -------------------------------------------------------------------------------------
     def _offload_candles(self, trade_wm: int, res: OffloadResult) -> None:

@@ -227,26 +227,33 @@ def _check_cold_holds(store, catalog, cutoff: int, seq: int, prev_cut: int, prev
         f"ts < fromUnixTimestamp64Micro({cutoff}, 'UTC') AND ingest_seq <= {seq} "
         f"AND NOT (ts < fromUnixTimestamp64Micro({prev_cut}, 'UTC') AND ingest_seq <= {prev_seq})"
     )
-    agg = (
-        "SELECT exchange, symbol, toDate(ts) AS day, count() AS n, "
-        f"toString(sum(CAST(price AS {WIDE}) * CAST(qty AS {WIDE}))) AS quote, min(trade_id) AS lo, max(trade_id) AS hi"
-    )
-    hot = store.query_arrow(f"{agg} FROM trades_store WHERE {pred} GROUP BY exchange, symbol, day").to_pylist()
+
+    def per_day(source: str) -> str:
+        # the same aggregate on both tiers (cold ids are Int64, hot ids UInt64)
+        return (
+            "SELECT exchange, symbol, toDate(ts, 'UTC') AS day, count() AS n, "
+            f"toString(sum(CAST(price AS {WIDE}) * CAST(qty AS {WIDE}))) AS quote, "
+            f"toUInt64(min(trade_id)) AS lo, toUInt64(max(trade_id)) AS hi "
+            f"FROM {source} WHERE {pred} GROUP BY exchange, symbol, day"
+        )
+
+    hot = store.query_arrow(per_day("trades_store")).to_pylist()
     if not hot:
         return 0
-    from pyiceberg.expressions import And, LessThan, LessThanOrEqual
+    from pyiceberg.expressions import And, LessThan, LessThanOrEqual, Not
 
+    # only the rows not dropped before: files holding nothing but earlier drops are skipped by their statistics
     cold_rows = catalog.load_table(f"{NAMESPACE}.trades").scan(
-        row_filter=And(LessThan("ts", cutoff), LessThanOrEqual("ingest_seq", seq)),
+        row_filter=And(
+            And(LessThan("ts", cutoff), LessThanOrEqual("ingest_seq", seq)),
+            Not(And(LessThan("ts", prev_cut), LessThanOrEqual("ingest_seq", prev_seq))),
+        ),
         selected_fields=("exchange", "symbol", "trade_id", "price", "qty", "ts", "ingest_seq"),
     ).to_arrow()
-    table = cold_rows  # noqa: F841 (read by chdb through Python(table))
     cold = {
         (r["exchange"], r["symbol"], r["day"]): r
         for r in store.query_arrow_over(
-            agg.replace("toDate(ts)", "toDate(ts, 'UTC')").replace("min(trade_id)", "toUInt64(min(trade_id))").replace(
-                "max(trade_id)", "toUInt64(max(trade_id))") + f" FROM Python(table) WHERE {pred} GROUP BY exchange, symbol, day",
-            cold_rows if cold_rows.num_rows else _empty_cold(),
+            per_day("Python(table)"), cold_rows if cold_rows.num_rows else _empty_cold()
         ).to_pylist()
     }
     for h in hot:

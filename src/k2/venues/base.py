@@ -89,6 +89,30 @@ class RawTrades:
     #: is the reason of its first bad row whichever check found it.
     reasons: dict[int, str] = field(default_factory=dict)
 
+    def add(self, frame: int, native, trade_id, price, qty, side, ts, reason: str = "") -> None:
+        """One row; ``side`` goes to ``side`` or ``sell``, whichever this batch keeps. A ``reason`` marks a row
+        that could not be read (its values are placeholders)."""
+        if reason:
+            self.reasons[len(self.index)] = reason
+        self.index.append(frame)
+        self.native.append(native)
+        self.trade_id.append(trade_id)
+        self.price.append(price)
+        self.qty.append(qty)
+        (self.side if self.side is not None else self.sell).append(side)
+        self.ts.append(ts)
+
+    def add_many(self, frame: int, native, trade_ids: list, prices: list, qtys: list, sides: list, ts: list) -> None:
+        """Rows of one frame and one instrument."""
+        n = len(trade_ids)
+        self.index.extend([frame] * n)
+        self.native.extend([native] * n)
+        self.trade_id.extend(trade_ids)
+        self.price.extend(prices)
+        self.qty.extend(qtys)
+        (self.side if self.side is not None else self.sell).extend(sides)
+        self.ts.extend(ts)
+
 
 def decode_object(decoder: msgspec.json.Decoder, i: int, frame: str | bytes, result: ParseResult) -> dict | None:
     """The general path's first step: the frame as a JSON object, or a dead letter saying why not."""

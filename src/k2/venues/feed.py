@@ -79,6 +79,7 @@ class VenueFeed(Protocol):
     app_ping_s: float | None  # application-level pings we send
     rotate_s: float | None  # planned, overlapping reconnect after this long
     per_stream_heartbeats: bool  # the venue sends a heartbeat per subscribed stream (Coinbase Exchange)
+    sequenced: bool  # frames carry a per-connection sequence number (``sequence_of``; Coinbase Advanced)
 
     def url(self) -> str: ...
 

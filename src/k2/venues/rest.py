@@ -127,6 +127,40 @@ def query_param(resp: RestResponse, name: str, result: ParseResult) -> str | Non
     return values[0]
 
 
+def resolve_rest(
+    i: int,
+    frame: str | bytes,
+    result: ParseResult,
+    exchange: str,
+    instruments,
+    symbol_of: Callable[[RestResponse, ParseResult], str | None],
+    noun: str,
+    api_error: Callable[[object], str | None],
+):
+    """The checks every venue makes, in order: envelope, endpoint and instrument (``symbol_of`` returns the
+    request's symbol, or None when the path is not a known endpoint), then the status. Returns
+    ``(response, instrument)`` of a 200 answer; anything else is dead-lettered or a ``rest_error`` event here.
+    ``symbol_of`` may dead-letter the frame itself (a missing query parameter); when it returns None without
+    doing so, the endpoint is unknown."""
+    resp = decode_rest(i, frame, result)
+    if resp is None:
+        return None
+    dead = len(result.dead)
+    symbol = symbol_of(resp, result)
+    if symbol is None:
+        if len(result.dead) == dead:
+            result.dead.append((i, f"REST frame: unknown endpoint {resp.path!r}"))
+        return None
+    inst = instruments.lookup_rest(exchange, symbol)
+    if inst is None:
+        result.dead.append((i, f"REST frame: unknown {noun} {symbol!r}"))
+        return None
+    if resp.status != 200:
+        rest_error(resp, decode_body(resp), api_error, result)
+        return None
+    return resp, inst
+
+
 def decode_body(resp: RestResponse) -> object:
     """The body as Python values (JSON numbers with a fraction or exponent as exact ``Decimal``)."""
     return _dec_body.decode(resp.body)

@@ -467,7 +467,7 @@ class FeedSession:
         st.control += res.control
         st.dead_letters += len(res.dead)
         st.last_frame_us = ts[-1]
-        if getattr(self.feed, "advanced", False):
+        if self.feed.sequenced:
             self._check_sequence(conn, frames)
         outcomes = [(ev, self.feed.on_event(ev)) for ev in res.events]
         for _, out in outcomes:

@@ -32,6 +32,7 @@ class BinanceFeed:
     exchange = EXCHANGE
     app_ping_s = None
     per_stream_heartbeats = False
+    sequenced = False
 
     def __init__(self, settings: Settings) -> None:
         f = settings.feeds

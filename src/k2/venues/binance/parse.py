@@ -25,9 +25,9 @@ from k2.model.instrument import InstrumentTable
 from k2.venues.base import ControlEvent, ParseResult, RawTrades, _scan, decode_object, finalize_parts, scan_then_parse
 from k2.venues.binance.schemas import CombinedTrade, RestTrade, Trade
 from k2.venues.rest import (
+    resolve_rest,
     RestResponse,
     decode_body,
-    decode_rest,
     is_rest_frame,
     is_rest_object,
     query_param,
@@ -106,36 +106,22 @@ class BinanceParser:
 
     def _rest(self, i: int, frame: str | bytes, result: ParseResult, rows: RawTrades) -> None:
         """One REST-response frame: its items go to ``rows``, its event or dead letter to ``result``."""
-        resp = decode_rest(i, frame, result)
-        if resp is None:
+        found = resolve_rest(i, frame, result, EXCHANGE, self._instruments, self._rest_symbol, "symbol", _api_error)
+        if found is None:
             return
-        if resp.path not in _REST_ENDPOINTS:
-            result.dead.append((i, f"REST frame: unknown endpoint {resp.path!r}"))
-            return
-        symbol = query_param(resp, "symbol", result)
-        if symbol is None:
-            return
-        inst = self._instruments.lookup_rest(EXCHANGE, symbol)
-        if inst is None:
-            result.dead.append((i, f"REST frame: unknown symbol {symbol!r}"))
-            return
-        if resp.status != 200:
-            rest_error(resp, decode_body(resp), _api_error, result)
-            return
+        resp, inst = found
         try:
             items = _dec_rest.decode(resp.body)
         except (msgspec.ValidationError, msgspec.DecodeError):
             self._rest_general(resp, inst.native_symbol, result, rows)
             return
-        n = len(items)
-        rows.index.extend([i] * n)
-        rows.native.extend([inst.native_symbol] * n)
-        rows.trade_id.extend([t.id for t in items])
-        rows.price.extend([t.price for t in items])
-        rows.qty.extend([t.qty for t in items])
-        rows.sell.extend([t.isBuyerMaker for t in items])
-        rows.ts.extend([t.time for t in items])
-        rest_ok(resp, n, None, result)
+        rows.add_many(i, inst.native_symbol, [t.id for t in items], [t.price for t in items], [t.qty for t in items],
+                      [t.isBuyerMaker for t in items], [t.time for t in items])
+        rest_ok(resp, len(items), None, result)
+
+    @staticmethod
+    def _rest_symbol(resp: RestResponse, result: ParseResult) -> str | None:
+        return query_param(resp, "symbol", result) if resp.path in _REST_ENDPOINTS else None
 
     @staticmethod
     def _rest_general(resp: RestResponse, native: str, result: ParseResult, rows: RawTrades) -> None:
@@ -150,17 +136,9 @@ class BinanceParser:
         for n, item in enumerate(body):
             try:
                 t = msgspec.convert(item, RestTrade)
-                tid, price, qty, sell, time = t.id, t.price, t.qty, t.isBuyerMaker, t.time
-            except msgspec.ValidationError as exc:
-                rows.reasons[len(rows.index)] = f"bad REST trade: body[{n}]: {exc}"
-                tid, price, qty, sell, time = 0, "1", "1", False, 0  # placeholders: the row is dropped
-            rows.index.append(resp.index)
-            rows.native.append(native)
-            rows.trade_id.append(tid)
-            rows.price.append(price)
-            rows.qty.append(qty)
-            rows.sell.append(sell)
-            rows.ts.append(time)
+                rows.add(resp.index, native, t.id, t.price, t.qty, t.isBuyerMaker, t.time)
+            except msgspec.ValidationError as exc:  # placeholders: the row is dropped with this reason
+                rows.add(resp.index, native, 0, "1", "1", False, 0, f"bad REST trade: body[{n}]: {exc}")
         rest_ok(resp, len(body), None, result)
 
     def _slow(self, i: int, frame: str | bytes, result: ParseResult, good: list, where: list, rest: RawTrades) -> None:

@@ -43,6 +43,7 @@ class CoinbaseFeed:
         self.stale_s = f.coinbase_stale_s
         self.msgs_per_s = f.coinbase_msgs_per_s
         self.per_stream_heartbeats = not self.advanced
+        self.sequenced = self.advanced
         self._products: list[str] = []
 
     def url(self) -> str:

@@ -26,9 +26,9 @@ from k2.model.instrument import InstrumentTable
 from k2.venues.base import ControlEvent, ParseResult, RawTrades, _scan, decode_object, finalize_parts, scan_then_parse
 from k2.venues.coinbase.schemas import AdvancedTrade, LastMatch, MarketTrades, Match, RestTrade
 from k2.venues.rest import (
+    resolve_rest,
     RestResponse,
     decode_body,
-    decode_rest,
     is_rest_frame,
     is_rest_object,
     rest_error,
@@ -114,35 +114,23 @@ class CoinbaseParser:
 
     def _rest(self, i: int, frame: str | bytes, result: ParseResult, rows: RawTrades) -> None:
         """One REST-response frame: its items go to ``rows``, its event or dead letter to ``result``."""
-        resp = decode_rest(i, frame, result)
-        if resp is None:
+        found = resolve_rest(i, frame, result, EXCHANGE, self._instruments, self._rest_product, "product", _api_error)
+        if found is None:
             return
-        m = _REST_PATH.match(resp.path)
-        if m is None:
-            result.dead.append((i, f"REST frame: unknown endpoint {resp.path!r}"))
-            return
-        product = unquote(m.group(1))
-        inst = self._instruments.lookup_rest(EXCHANGE, product)
-        if inst is None:
-            result.dead.append((i, f"REST frame: unknown product {product!r}"))
-            return
-        if resp.status != 200:
-            rest_error(resp, decode_body(resp), _api_error, result)
-            return
+        resp, inst = found
         try:
             items = _dec_rest.decode(resp.body)
         except (msgspec.ValidationError, msgspec.DecodeError):
             self._rest_general(resp, inst.native_symbol, result, rows)
             return
-        n = len(items)
-        rows.index.extend([i] * n)
-        rows.native.extend([inst.native_symbol] * n)
-        rows.trade_id.extend([t.trade_id for t in items])
-        rows.price.extend([t.price for t in items])
-        rows.qty.extend([t.size for t in items])
-        rows.side.extend([_maker_to_aggressor(t.side) for t in items])
-        rows.ts.extend([t.time for t in items])
-        rest_ok(resp, n, None, result)
+        rows.add_many(i, inst.native_symbol, [t.trade_id for t in items], [t.price for t in items],
+                      [t.size for t in items], [_maker_to_aggressor(t.side) for t in items], [t.time for t in items])
+        rest_ok(resp, len(items), None, result)
+
+    @staticmethod
+    def _rest_product(resp: RestResponse, result: ParseResult) -> str | None:
+        m = _REST_PATH.match(resp.path)
+        return unquote(m.group(1)) if m is not None else None
 
     @staticmethod
     def _rest_general(resp: RestResponse, native: str, result: ParseResult, rows: RawTrades) -> None:
@@ -157,17 +145,9 @@ class CoinbaseParser:
         for n, item in enumerate(body):
             try:
                 t = msgspec.convert(item, RestTrade)
-                tid, price, qty, side, ts = t.trade_id, t.price, t.size, _maker_to_aggressor(t.side), t.time
-            except msgspec.ValidationError as exc:
-                rows.reasons[len(rows.index)] = f"bad REST trade: body[{n}]: {exc}"
-                tid, price, qty, side, ts = 0, "1", "1", "buy", "1970-01-01T00:00:00Z"  # placeholders: row dropped
-            rows.index.append(resp.index)
-            rows.native.append(native)
-            rows.trade_id.append(tid)
-            rows.price.append(price)
-            rows.qty.append(qty)
-            rows.side.append(side)
-            rows.ts.append(ts)
+                rows.add(resp.index, native, t.trade_id, t.price, t.size, _maker_to_aggressor(t.side), t.time)
+            except msgspec.ValidationError as exc:  # placeholders: the row is dropped with this reason
+                rows.add(resp.index, native, 0, "1", "1", "buy", "1970-01-01T00:00:00Z", f"bad REST trade: body[{n}]: {exc}")
         rest_ok(resp, len(body), None, result)
 
     @staticmethod

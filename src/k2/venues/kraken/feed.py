@@ -27,6 +27,7 @@ class KrakenFeed:
     ws_ping_s = None
     rotate_s = None
     per_stream_heartbeats = False
+    sequenced = False
 
     def __init__(self, settings: Settings) -> None:
         f = settings.feeds

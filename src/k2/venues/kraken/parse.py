@@ -30,9 +30,9 @@ from k2.model.trade import EXACT
 from k2.venues.base import ControlEvent, ParseResult, RawTrades, _scan, decode_object, finalize_parts, scan_then_parse
 from k2.venues.kraken.schemas import RestBody, RestTrade, RestTradeItem, Trade, TradeMessage
 from k2.venues.rest import (
+    resolve_rest,
     RestResponse,
     decode_body,
-    decode_rest,
     is_rest_frame,
     is_rest_object,
     query_param,
@@ -131,24 +131,16 @@ class KrakenParser:
 
     def _rest(self, i: int, frame: str | bytes, result: ParseResult, rows: RawTrades) -> None:
         """One REST-response frame: its items go to ``rows``, its event or dead letter to ``result``."""
-        resp = decode_rest(i, frame, result)
-        if resp is None:
+        found = resolve_rest(i, frame, result, EXCHANGE, self._instruments, self._rest_pair, "pair", _api_error)
+        if found is None:
             return
-        if resp.path != _REST_ENDPOINT:
-            result.dead.append((i, f"REST frame: unknown endpoint {resp.path!r}"))
-            return
-        pair = query_param(resp, "pair", result)
-        if pair is None:
-            return
-        inst = self._instruments.lookup_rest(EXCHANGE, pair)
-        if inst is None:
-            result.dead.append((i, f"REST frame: unknown pair {pair!r}"))
-            return
-        if resp.status != 200:
-            rest_error(resp, decode_body(resp), _api_error, result)
-            return
+        resp, inst = found
         if not self._rest_fast(resp, inst.native_symbol, result, rows):
             self._rest_general(resp, inst.native_symbol, result, rows)
+
+    @staticmethod
+    def _rest_pair(resp: RestResponse, result: ParseResult) -> str | None:
+        return query_param(resp, "pair", result) if resp.path == _REST_ENDPOINT else None
 
     @staticmethod
     def _rest_fast(resp: RestResponse, native: str, result: ParseResult, rows: RawTrades) -> bool:
@@ -167,15 +159,10 @@ class KrakenParser:
         times = [_raw_number(t.time) for t in items]
         if None in times:
             return False
-        n = len(items)
-        rows.index.extend([resp.index] * n)
-        rows.native.extend([native] * n)
-        rows.trade_id.extend([t.trade_id for t in items])
-        rows.price.extend([t.price for t in items])
-        rows.qty.extend([t.volume for t in items])
-        rows.side.extend([_REST_SIDE.get(t.side, t.side) for t in items])
-        rows.ts.extend([_seconds_to_us(s) for s in times])
-        rest_ok(resp, n, last, result)
+        rows.add_many(resp.index, native, [t.trade_id for t in items], [t.price for t in items],
+                      [t.volume for t in items], [_REST_SIDE.get(t.side, t.side) for t in items],
+                      [_seconds_to_us(s) for s in times])
+        rest_ok(resp, len(items), last, result)
         return True
 
     @staticmethod
@@ -211,18 +198,9 @@ class KrakenParser:
                 t = msgspec.convert(item, RestTradeItem)
                 if isinstance(item[2], bool) or not isinstance(item[2], (int, Decimal)):
                     raise msgspec.ValidationError(f"Expected `number`, got `{type(item[2]).__name__}` - at `$[2]`")
-                tid, price, qty, ts = t.trade_id, t.price, t.volume, _seconds_to_us(item[2])
-                side = _REST_SIDE.get(t.side, t.side)
-            except msgspec.ValidationError as exc:
-                rows.reasons[len(rows.index)] = f"bad REST trade: result.{key}[{n}]: {exc}"
-                tid, price, qty, side, ts = 0, "1", "1", "buy", 0  # placeholders: the row is dropped
-            rows.index.append(i)
-            rows.native.append(native)
-            rows.trade_id.append(tid)
-            rows.price.append(price)
-            rows.qty.append(qty)
-            rows.side.append(side)
-            rows.ts.append(ts)
+                rows.add(i, native, t.trade_id, t.price, t.volume, _REST_SIDE.get(t.side, t.side), _seconds_to_us(item[2]))
+            except msgspec.ValidationError as exc:  # placeholders: the row is dropped with this reason
+                rows.add(i, native, 0, "1", "1", "buy", 0, f"bad REST trade: result.{key}[{n}]: {exc}")
         rest_ok(resp, len(items), last, result)
 
     def _slow(
