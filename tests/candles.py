@@ -9,21 +9,24 @@ from k2.model.trade import EXACT
 
 
 
-def recompute(trades, timeframe: str) -> dict[tuple[str, str, int], tuple]:
+def recompute(trades, timeframe: str | int, offset_s: int = 0) -> dict[tuple[str, str, int], tuple]:
     """trades: iterable of objects with exchange, symbol, trade_id, price, qty, ts (µs).
 
+    ``timeframe`` is a stored timeframe name or a width in seconds; buckets start at multiples of the width
+    after ``offset_s`` seconds past the epoch.
     Returns {(exchange, symbol, bucket_seconds): (open, high, low, close, volume, quote_volume, vwap, count)}.
     """
     # Python's default context keeps 28 significant digits; quote volumes need more to stay exact
     with localcontext(Context(prec=120)):
-        return _recompute(trades, timeframe)
+        return _recompute(trades, timeframe, offset_s)
 
 
-def _recompute(trades, timeframe: str) -> dict[tuple[str, str, int], tuple]:
-    width = TIMEFRAME_SECONDS[timeframe] * 1_000_000
+def _recompute(trades, timeframe: str | int, offset_s: int) -> dict[tuple[str, str, int], tuple]:
+    width_s = TIMEFRAME_SECONDS[timeframe] if isinstance(timeframe, str) else timeframe
+    width, off = width_s * 1_000_000, offset_s * 1_000_000
     groups: dict[tuple[str, str, int], list] = {}
     for t in trades:
-        groups.setdefault((t.exchange, t.symbol, (t.ts // width) * width // 1_000_000), []).append(t)
+        groups.setdefault((t.exchange, t.symbol, ((t.ts - off) // width * width + off) // 1_000_000), []).append(t)
     out = {}
     for key, rows in groups.items():
         rows.sort(key=lambda t: (t.ts, t.trade_id))

@@ -23,6 +23,18 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="config file (default: $K2_CONFIG, else ./k2.toml if present)")
 
 
+def _port(text: str) -> int:
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError("a port is 0..65535")
+    return port
+
+
+def _api_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", help="API listen address (default: api.host, 127.0.0.1)")
+    p.add_argument("--port", type=_port, help="API port (default: api.port, 8000; 0 picks a free one)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="k2", description="K2 crypto market-data lakehouse")
     parser.add_argument("--version", action="version", version=f"k2 {__version__}")
@@ -46,7 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--sim-rate", type=float, default=50.0, help="with --simulate: trades per second per exchange")
     up.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    _api_options(up)
+    up.add_argument("--no-api", action="store_true", help="do not serve the HTTP API, dashboard and metrics")
     _common(up)
+
+    sv = sub.add_parser("serve", help="serve the HTTP API, dashboard and metrics over a data directory (no feeds)")
+    _api_options(sv)
+    sv.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    _common(sv)
 
     sim = sub.add_parser("simulate", help="serve a local exchange simulator (WebSocket + REST) on 127.0.0.1")
     sim.add_argument("--exchanges", help="comma-separated exchanges to simulate (default: all three)")
@@ -131,8 +150,16 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "up":
         overrides["exchanges"] = _exchanges(args.exchanges)
     settings = load_settings(args.config, **overrides)
+    if args.command in ("up", "serve"):
+        api = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+        if getattr(args, "no_api", False):
+            api["enabled"] = False
+        if api:
+            settings = settings.with_api(**api)
     if args.command == "up":
         return _up(args, settings)
+    if args.command == "serve":
+        return _serve(args, settings)
     if args.command == "capture" and args.capture_command == "export":
         return _export(args, settings)
     if args.command == "offload":
@@ -212,11 +239,56 @@ def _up(args, settings) -> int:
             urls = {k[3:].lower(): v for k, v in sim.settings_env(settings.coinbase_feed == "advanced").items()}
             run_settings = settings.model_copy(update=urls)
             print("k2 up --simulate: exchange simulator on 127.0.0.1; " + ", ".join(f"{k}={v}" for k, v in urls.items()), file=sys.stderr)
+        from k2.hot.chdb_store import ChdbStore
+
+        store = await asyncio.to_thread(ChdbStore, settings.data_dir)
+        server = None
+        ctx = None
         try:
-            await run_platform(run_settings, stop)
+            if settings.api.enabled:
+                # the API reads the store this process owns (chdb allows one process per store); it starts
+                # first (ready = 503 until the platform runs) and stops last, after everything is stored
+                from k2.api.server import build_context, start_api
+
+                ctx = build_context(run_settings, store, mode="up")
+                server = await start_api(ctx, settings.api.host, settings.api.port)
+                print(f"k2 up: API {server.url} (dashboard {server.url}/, docs {server.url}/docs, "
+                      f"metrics {server.url}/metrics)", file=sys.stderr, flush=True)
+
+            def started(platform) -> None:
+                if ctx is not None:
+                    ctx.platform = platform
+                    if ctx.metrics is not None:
+                        ctx.metrics.platform = platform
+
+            await run_platform(run_settings, stop, store=store, on_start=started,
+                               on_stored=ctx.on_stored if ctx is not None else None)
         finally:
+            if server is not None:
+                await server.stop()
+            await asyncio.to_thread(store.close)
             if sim is not None:
                 await sim.stop()
+
+    asyncio.run(main())
+    return 0
+
+
+def _serve(args, settings) -> int:
+    import asyncio
+    import logging
+    import signal
+
+    from k2.api.server import serve
+
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(settings, stop)
 
     asyncio.run(main())
     return 0

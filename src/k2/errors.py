@@ -8,6 +8,7 @@
      |    +-- RetryableStoreError   transient (timeouts, busy); safe to retry the same batch
      +-- QueryRefused           a query the read-only SQL surface will not run (bad request, 4xx)
      +-- QueryFailed            the engine rejected or failed a read-only query
+     +-- BadRequest             an API/client request that cannot be answered as asked (4xx); says what to change
 
 Third-party exceptions are translated at the adapter that calls the library (see ``hot/chdb_store.py``).
 """
@@ -51,3 +52,11 @@ class QueryRefused(K2Error):
 
 class QueryFailed(K2Error):
     """The engine could not run a read-only query (syntax error, unknown column, timeout...)."""
+
+
+class BadRequest(K2Error):
+    """A request the query layer cannot answer as asked; the message says what to change (HTTP 400)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        self.status = status
+        super().__init__(message)

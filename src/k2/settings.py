@@ -126,6 +126,33 @@ class ColdSettings(_Frozen):
     maintain_interval_s: float = Field(86_400.0, gt=0, description="`k2 up` runs maintenance this often")
 
 
+class ApiSettings(_Frozen):
+    """The HTTP API (`[api]`, ``K2_API__*``), served by `k2 up` and `k2 serve`. See docs/api.md."""
+
+    enabled: bool = Field(True, description="`k2 up` serves the API (and the dashboard and /metrics)")
+    host: str = Field("127.0.0.1", min_length=1, description="listen address; 0.0.0.0 exposes it to the network")
+    port: int = Field(8000, ge=0, le=65535, description="listen port (0: any free port)")
+    api_keys: tuple[SecretStr, ...] = Field((), description="when set, every route but /health needs one of these keys")
+    rate_limit_per_s: float = Field(0.0, ge=0, description="requests per second per key (per client address without keys); 0 = off")
+    rate_limit_burst: int = Field(100, ge=1, description="requests a key may make at once before the rate applies")
+    cors_origins: tuple[str, ...] = Field((), description="origins allowed by CORS ('*' for any)")
+    max_json_rows: int = Field(100_000, ge=1, description="rows one JSON answer may hold; bulk formats stream more")
+    max_bulk_rows: int = Field(50_000_000, ge=1, description="rows one CSV/Arrow/Parquet download may hold")
+    sql_max_rows: int = Field(100_000, ge=1, description="POST /v1/sql: rows returned at most (a request may ask fewer)")
+    sql_timeout_s: float = Field(10.0, gt=0, le=3600, description="POST /v1/sql: time limit of one query")
+    query_threads: int = Field(4, ge=1, le=64, description="store queries run at once; more wait")
+    cache_entries: int = Field(2048, ge=0, description="answers kept until a write touches their pair (0 = off)")
+    stream_queue: int = Field(1000, ge=10, description="messages a stream client may fall behind before it is dropped")
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys(cls, v: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+        for k in v:
+            if len(k.get_secret_value()) < 16:
+                raise ValueError("every API key must be at least 16 characters long")
+        return v
+
+
 #: Live endpoints (exchanges.md §0). Coinbase: the Exchange `matches` feed unless ``coinbase_feed = "advanced"``.
 DEFAULT_WS_URLS = {
     "binance": "wss://data-stream.binance.vision",
@@ -154,6 +181,7 @@ class Settings(BaseSettings):
     query: QuerySettings = QuerySettings()
     feeds: FeedSettings = FeedSettings()
     cold: ColdSettings = ColdSettings()
+    api: ApiSettings = ApiSettings()
 
     #: feeds `k2 up` runs (``--exchanges binance,kraken``; env ``K2_EXCHANGES='["binance"]'``)
     exchanges: tuple[Literal["binance", "kraken", "coinbase"], ...] = ("binance", "kraken", "coinbase")
@@ -201,6 +229,16 @@ class Settings(BaseSettings):
         if exchange == "coinbase" and self.coinbase_feed == "advanced":
             return DEFAULT_WS_URLS["coinbase-advanced"]
         return DEFAULT_WS_URLS[exchange]
+
+    def with_api(self, **changes: Any) -> "Settings":
+        """A copy with ``api`` settings changed (command-line options), validated like the rest."""
+        try:
+            api = ApiSettings(**{**self.api.model_dump(), **changes})
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            loc = "api." + ".".join(str(p) for p in err["loc"])
+            raise ConfigError(loc, f"{err['msg']} (input {err.get('input')!r})") from None
+        return self.model_copy(update={"api": api})
 
     def rest_url(self, exchange: str) -> str:
         return getattr(self, f"{exchange}_rest_url") or DEFAULT_REST_URLS[exchange]
@@ -272,4 +310,4 @@ def load_settings(config: str | os.PathLike[str] | None = None, **overrides: Any
     return settings
 
 
-__all__ = ["ColdSettings", "FeedSettings", "InstrumentSpec", "QuerySettings", "Settings", "WriterSettings", "load_settings"]
+__all__ = ["ApiSettings", "ColdSettings", "FeedSettings", "InstrumentSpec", "QuerySettings", "Settings", "WriterSettings", "load_settings"]

@@ -176,13 +176,14 @@ class ChdbStore:
             tid = batch.column("trade_id").to_numpy()
             rows = np.flatnonzero(_first_occurrences(codes, tid) & self._not_stored(pairs, codes, tid))
             k = len(rows)
+            fresh = None
             if k:
                 fresh = batch if k == n else batch.take(pa.array(rows))
                 seq = pa.array(np.arange(self._next_seq, self._next_seq + k, dtype=np.uint64))
                 self._insert_arrow(f"INSERT INTO trades_store ({_TRADE_COLUMNS})", fresh.append_column("ingest_seq", seq))
                 self._next_seq += k
                 self._note_max_ids(pairs, codes[rows], tid[rows])
-            return InsertResult(k, n - k)
+            return InsertResult(k, n - k, fresh)
 
     def _note_max_ids(self, pairs: list[str], codes: np.ndarray, tid: np.ndarray) -> None:
         max_ids = self._stored_max_ids()

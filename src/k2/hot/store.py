@@ -12,6 +12,7 @@ import pyarrow as pa
 class InsertResult:
     inserted: int
     duplicates: int
+    stored: pa.Table | None = None  # the rows inserted (new trades only), for live subscribers
 
 
 class HotStore(Protocol):

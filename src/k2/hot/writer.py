@@ -7,6 +7,7 @@ anything else stops the writer and is reported to whoever waits on it.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +18,8 @@ import pyarrow as pa
 from k2.bus.base import Bus, IngestBatch
 from k2.errors import StoreError
 from k2.hot.store import HotStore
+
+log = logging.getLogger("k2.writer")
 
 
 @dataclass
@@ -44,6 +47,7 @@ class HotWriter:
         max_delay: float = 0.25,
         store_raw: bool = True,
         retries: int = 5,
+        on_stored=None,
     ) -> None:
         self.store = store
         self.bus = bus
@@ -52,6 +56,8 @@ class HotWriter:
         self.store_raw = store_raw
         self.retries = retries
         self.stats = WriterStats()
+        #: called (writer thread) with the newly stored trades after every insert: live subscribers
+        self.on_stored = on_stored
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="k2-hot-writer", daemon=True)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="k2-raw-writer")
@@ -132,6 +138,11 @@ class HotWriter:
             if res is not None:
                 s.trades_stored += res.inserted
                 s.duplicates += res.duplicates
+        if res is not None and res.stored is not None and self.on_stored is not None:
+            try:
+                self.on_stored(res.stored)
+            except Exception:  # a subscriber's failure never stops storing
+                log.exception("on_stored callback failed")
 
     def _retry(self, fn, arg):
         delay = 0.1

@@ -82,11 +82,13 @@ async def run_platform(
     *,
     store=None,
     on_start=None,
+    on_stored=None,
 ) -> Platform:
     """Run until ``stop`` is set; returns after everything received is stored.
 
     ``store`` defaults to the embedded chdb store of ``settings.data_dir`` (opened and closed here).
     ``on_start(platform)`` is called once the graph is built (tests use it to watch the platform).
+    ``on_stored(trades)`` is called by the hot writer (its thread) with every batch of newly stored trades.
     """
     from k2.hot.chdb_store import ChdbStore
 
@@ -98,7 +100,7 @@ async def run_platform(
     bus = MemoryBus(max_batches=4096)
     writer = HotWriter(
         store, bus, max_rows=settings.writer.max_rows, max_delay=settings.writer.max_delay_ms / 1000,
-        store_raw=settings.writer.store_raw,
+        store_raw=settings.writer.store_raw, on_stored=on_stored,
     ).start()
     platform = Platform(settings, store, bus, writer)
 

@@ -1,0 +1,1 @@
+"""The HTTP API (FastAPI): routes, stream, keys and limits. See docs/api.md."""
