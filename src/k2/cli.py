@@ -259,7 +259,7 @@ def _up(args, settings) -> int:
                 if ctx is not None:
                     ctx.platform = platform
                     if ctx.metrics is not None:
-                        ctx.metrics.platform = platform
+                        ctx.metrics.attach(platform)
 
             await run_platform(run_settings, stop, store=store, on_start=started,
                                on_stored=ctx.on_stored if ctx is not None else None)

@@ -65,7 +65,8 @@ def test_sigkill_then_restart_backfills_the_hole(tmp_path):
         env = {k: v for k, v in os.environ.items() if not k.startswith("K2_")}
         env.update(sim.settings_env())
         env.update({f"K2_FEEDS__{k.upper()}": str(v) for k, v in FAST_FEEDS.items()})
-        env.update({"K2_DATA_DIR": str(data), "K2_FEEDS__STATUS_INTERVAL_S": "0.2", "K2_WRITER__MAX_DELAY_MS": "20"})
+        env.update({"K2_DATA_DIR": str(data), "K2_FEEDS__STATUS_INTERVAL_S": "0.2", "K2_WRITER__MAX_DELAY_MS": "20",
+                    "K2_API__PORT": "0"})
 
         first = Proc(env)
         first.wait_until(lambda stored, pending, live: live == 3, 30, "three live feeds")

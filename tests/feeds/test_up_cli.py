@@ -15,7 +15,7 @@ from k2.hot.chdb_store import ChdbStore
 
 def test_up_simulate_runs_offline_and_drains_on_sigint(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("K2_")}
-    env.update({"K2_DATA_DIR": str(tmp_path / "data"), "K2_FEEDS__STATUS_INTERVAL_S": "0.3"})
+    env.update({"K2_DATA_DIR": str(tmp_path / "data"), "K2_FEEDS__STATUS_INTERVAL_S": "0.3", "K2_API__PORT": "0"})
     p = subprocess.Popen(
         [sys.executable, "-m", "k2", "up", "--simulate", "--sim-rate", "100", "--exchanges", "binance,coinbase"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -1,8 +1,8 @@
-"""Serving the API: inside `k2 up` (same event loop as the feeds) or alone (`k2 serve`).
+"""Serving the API: inside `k2 up` (next to the feeds) or alone (`k2 serve`).
 
-uvicorn runs as a task of the caller's loop on a socket bound here (so ``port = 0`` works and the bound port is
-known), with its own signal handling switched off: the entry point owns SIGINT/SIGTERM and stops everything in
-order (API last, after the platform has stored what it received, and before the store closes).
+uvicorn runs on a thread and event loop of its own, on a socket bound here (so ``port = 0`` works and the bound
+port is known), with its signal handling switched off: the entry point owns SIGINT/SIGTERM and stops
+everything in order (API last, after the platform has stored what it received, and before the store closes).
 """
 
 from __future__ import annotations
@@ -79,8 +79,13 @@ class ColdStats:
             return {**empty, "error": f"{type(exc).__name__}: {exc}"[:300]}
 
 
-class _Server:
-    """uvicorn.Server without its signal capture (the entry point handles signals)."""
+class ApiServer:
+    """uvicorn on a thread and event loop of its own (uvloop + httptools when installed).
+
+    In `k2 up` the main loop runs the feeds and the exchange sessions; a long parse step there must not stall an
+    API answer or a stream message, so the API gets its own loop (store calls release the GIL). uvicorn's
+    signal capture is off: the entry point owns SIGINT/SIGTERM and stops everything in order.
+    """
 
     def __init__(self, app, host: str, port: int) -> None:
         import uvicorn
@@ -102,40 +107,68 @@ class _Server:
         self.sock.listen(2048)
         self.port = self.sock.getsockname()[1]
         self.host = host
+        http = "httptools" if _has("httptools") else "h11"
         config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False, ws_max_size=1 << 20,
-                                timeout_graceful_shutdown=3)
+                                timeout_graceful_shutdown=3, http=http, ws="websockets-sansio")
         self.server = Quiet(config)
-        self.task: asyncio.Task | None = None
+        self.thread = threading.Thread(target=self._run, name="k2-api", daemon=True)
+        self.error: BaseException | None = None
 
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
 
-    async def start(self) -> None:
-        self.task = asyncio.create_task(self.server.serve(sockets=[self.sock]), name="k2-api")
-        for _ in range(500):  # bounded: uvicorn starts in milliseconds
-            if self.server.started or self.task.done():
-                break
-            await asyncio.sleep(0.01)
-        if self.task.done():
-            self.task.result()
+    def _run(self) -> None:
+        loop = _new_loop()
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(self.server.serve(sockets=[self.sock]))
+        except BaseException as exc:  # reported by start()
+            self.error = exc
+        finally:
+            loop.close()
 
-    async def stop(self) -> None:
+    def start(self, timeout: float = 30.0) -> None:
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started and self.thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if not self.server.started:
+            self.stop_sync()
+            raise RuntimeError(f"the API did not start: {self.error!r}")
+
+    def stop_sync(self) -> None:
         self.server.should_exit = True
-        if self.task is not None:
-            try:
-                await asyncio.wait_for(self.task, 10)
-            except (asyncio.TimeoutError, asyncio.CancelledError):
-                self.task.cancel()
+        self.thread.join(15)
+        if self.thread.is_alive():
+            self.server.force_exit = True
+            self.thread.join(5)
         self.sock.close()
 
+    async def stop(self) -> None:
+        await asyncio.to_thread(self.stop_sync)
 
-async def start_api(ctx, host: str, port: int) -> _Server:
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    if _has("uvloop"):
+        import uvloop
+
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+async def start_api(ctx, host: str, port: int) -> ApiServer:
     from k2.api.app import create_app
 
-    server = _Server(create_app(ctx), host, port)
-    await server.start()
+    server = ApiServer(create_app(ctx), host, port)
+    await asyncio.to_thread(server.start)
     log.info("k2 api: %s (dashboard %s/ , docs %s/docs)", server.url, server.url, server.url)
     return server
 
