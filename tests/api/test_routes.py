@@ -260,3 +260,22 @@ def test_cached_answers_follow_writes(env):
 
 def ctx_cache_hits(client) -> int:
     return client.app.fastapi.state.cache.hits
+
+
+def test_newest_first_pages(env, trades):
+    client, _, _ = env
+    params = {"symbol": "XRP-USD", "start": START_US, "end": END_US, "limit": 50, "order": "desc"}
+    seen, cursor = [], None
+    while True:
+        body = client.get("/v1/trades", params={**params, **({"cursor": cursor} if cursor else {})}).json()
+        seen += [(x["ts"], x["exchange"], x["trade_id"]) for x in body["trades"]]
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+    want = sorted(((t.ts, t.exchange, t.trade_id) for t in trades if t.symbol == "XRP-USD" and START_US <= t.ts < END_US),
+                  reverse=True)
+    assert len(want) > 100 and seen == want
+    latest = client.get("/v1/trades", params={"symbol": "XRP-USD", "exchange": "kraken", "start": START_US,
+                                             "end": END_US, "limit": 1, "order": "desc"}).json()["trades"]
+    assert [(latest[0]["ts"], latest[0]["trade_id"])] == [max((t.ts, t.trade_id) for t in trades
+                                                             if t.symbol == "XRP-USD" and t.exchange == "kraken")]

@@ -232,7 +232,8 @@ def create_app(ctx: ApiContext) -> Any:
         return _bulk(format, chunks, f"{ex}_{sym}_{tf.name}", limiter)
 
     # -- trades -----------------------------------------------------------------------------------------
-    @app.get("/v1/trades", tags=["market data"], summary="trades in (ts, exchange, trade_id) order, cursor-paginated")
+    @app.get("/v1/trades", tags=["market data"],
+             summary="trades in (ts, exchange, trade_id) order (order=desc: newest first), cursor-paginated")
     async def trades(
         symbol: Annotated[str, Query(description="canonical BASE-QUOTE, e.g. BTC-USD")] = None,  # type: ignore[assignment]
         exchange: Annotated[str | None, Query(description="one exchange (default: every exchange listing the symbol)")] = None,
@@ -240,8 +241,10 @@ def create_app(ctx: ApiContext) -> Any:
         end: Annotated[str | None, Query(description="exclusive (default: now)")] = None,
         limit: Annotated[int | None, Query(ge=1, description="rows per page (JSON: default 1000); bulk formats: all rows by default")] = None,
         cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+        order: Annotated[Literal["asc", "desc"], Query(description="asc: oldest first; desc: newest first")] = "asc",
         format: Annotated[Literal["json", "csv", "arrow", "parquet"], Query()] = "json",
     ):
+        desc = order == "desc"
         ex = service.exchange(exchange, required=False)
         sym = service.symbol(ex, symbol)
         s, e = time_param(start, "start"), time_param(end, "end")
@@ -249,16 +252,16 @@ def create_app(ctx: ApiContext) -> Any:
         if format == "json":
             n = 1000 if limit is None else limit
             if e is not None or s is not None:
-                key = ("trades", ex, sym, s, e, n, cursor)
-                page = await cache.get(key, pairs, lambda: run(service.trades_page, ex, sym, s, e, n, cursor))
+                key = ("trades", ex, sym, s, e, n, cursor, desc)
+                page = await cache.get(key, pairs, lambda: run(service.trades_page, ex, sym, s, e, n, cursor, desc))
             else:  # "the last hour up to now" moves with the clock: never cached
-                page = await run(service.trades_page, ex, sym, s, e, n, cursor)
+                page = await run(service.trades_page, ex, sym, s, e, n, cursor, desc)
             assert isinstance(page, TradesPage)
             return Response(orjson.dumps(page.body), media_type=MEDIA["json"])
         if cursor:
             raise BadRequest("cursor is for JSON pages; bulk formats stream the whole range")
         service.trade_range(s, e)
-        chunks = lambda: service.trades_chunks(ex, sym, s, e, limit)  # noqa: E731
+        chunks = lambda: service.trades_chunks(ex, sym, s, e, limit, desc=desc)  # noqa: E731
         return _bulk(format, chunks, f"{ex or 'all'}_{sym}_trades", limiter)
 
     # -- SQL --------------------------------------------------------------------------------------------

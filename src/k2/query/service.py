@@ -244,7 +244,7 @@ class QueryService:
 
     # -- trades --------------------------------------------------------------------------------------
     def trades_sql(self, exchange: str | None, symbol: str, s_us: int, e_us: int, *, arrow: bool,
-                   after: tuple[int, str, int] | None, limit: int | None) -> str:
+                   after: tuple[int, str, int] | None, limit: int | None, desc: bool = False) -> str:
         where = [f"t.symbol = {sql_str(symbol)}",
                  f"t.ts >= fromUnixTimestamp64Micro(toInt64({s_us}), 'UTC')",
                  f"t.ts < fromUnixTimestamp64Micro(toInt64({e_us}), 'UTC')"]
@@ -253,16 +253,17 @@ class QueryService:
         if after is not None:
             ts, ex, tid = after
             where.append(
-                f"(t.ts, t.exchange, t.trade_id) > (fromUnixTimestamp64Micro(toInt64({int(ts)}), 'UTC'), {sql_str(ex)}, "
+                f"(t.ts, t.exchange, t.trade_id) {'<' if desc else '>'} (fromUnixTimestamp64Micro(toInt64({int(ts)}), 'UTC'), {sql_str(ex)}, "
                 f"toUInt64({int(tid)}))"
             )
         times = "ts, ts_recv" if arrow else (
             "toUnixTimestamp64Micro(t.ts) AS ts, toUnixTimestamp64Micro(t.ts_recv) AS ts_recv")
         tail = f" LIMIT {int(limit)}" if limit else ""
+        order = "t.ts DESC, t.exchange DESC, t.trade_id DESC" if desc else "t.ts, t.exchange, t.trade_id"
         return (
             f"SELECT toString(t.exchange) AS exchange, toString(t.symbol) AS symbol, t.trade_id AS trade_id, "
             f"t.price AS price, t.qty AS qty, toString(t.side) AS side, {times} FROM trades AS t "
-            f"WHERE {' AND '.join(where)} ORDER BY t.ts, t.exchange, t.trade_id{tail}"
+            f"WHERE {' AND '.join(where)} ORDER BY {order}{tail}"
         )
 
     def trade_range(self, start: int | None, end: int | None) -> tuple[int, int]:
@@ -270,12 +271,13 @@ class QueryService:
         return self._range(start, end, self.clock() + 1, 3600 * 1_000_000)
 
     def trades_page(self, exchange: str | None, symbol: str, start: int | None, end: int | None,
-                    limit: int, cursor: str | None) -> TradesPage:
+                    limit: int, cursor: str | None, desc: bool = False) -> TradesPage:
+        """One page in (ts, exchange, trade_id) order (newest first when ``desc``); ``next_cursor`` continues it."""
         if limit < 1 or limit > self.max_json_rows:
             raise BadRequest(f"limit must be between 1 and {self.max_json_rows} (use format=csv/arrow/parquet for bulk)")
         s_us, e_us = self.trade_range(start, end)
         after = _cursor_decode(cursor) if cursor else None
-        sql = self.trades_sql(exchange, symbol, s_us, e_us, arrow=False, after=after, limit=limit + 1)
+        sql = self.trades_sql(exchange, symbol, s_us, e_us, arrow=False, after=after, limit=limit + 1, desc=desc)
         text = self.store.query_text(f"{sql} SETTINGS {JSON_SETTINGS}", "JSONEachRow").strip()
         rows = orjson.loads(text) if text else []
         nxt = None
@@ -286,8 +288,8 @@ class QueryService:
         return TradesPage({"trades": rows, "next_cursor": nxt}, len(rows))
 
     def trades_chunks(self, exchange: str | None, symbol: str, start: int | None, end: int | None,
-                      limit: int | None = None, chunk_rows: int = 100_000) -> Iterator[pa.Table]:
-        """Arrow chunks in (ts, exchange, trade_id) order, paged by key (bounded memory)."""
+                      limit: int | None = None, chunk_rows: int = 100_000, desc: bool = False) -> Iterator[pa.Table]:
+        """Arrow chunks in (ts, exchange, trade_id) order (or newest first), paged by key (bounded memory)."""
         s_us, e_us = self.trade_range(start, end)
         cap = min(limit or self.max_bulk_rows, self.max_bulk_rows)
         after = None
@@ -295,7 +297,7 @@ class QueryService:
         while True:
             want = min(chunk_rows, cap - sent)
             table = self.store.query_arrow(
-                self.trades_sql(exchange, symbol, s_us, e_us, arrow=True, after=after, limit=want))
+                self.trades_sql(exchange, symbol, s_us, e_us, arrow=True, after=after, limit=want, desc=desc))
             if table.num_rows or after is None:
                 yield _exact_trades(table)
             sent += table.num_rows
