@@ -185,3 +185,33 @@ def test_bad_port_option(port, tmp_path):
     p = subprocess.run([sys.executable, "-m", "k2", "serve", "--port", port], env=_env(tmp_path / "d"),
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "--port" in p.stderr
+
+
+def test_real_prometheus_scrapes_k2_up(tmp_path):
+    """deploy/prometheus/prometheus.yml, pointed at a running `k2 up`, scrapes its /metrics: feeds, store, API."""
+    from tests.observability.test_prometheus_scrape import prometheus_against, wait_until
+
+    run = Running(["up", "--simulate", "--sim-rate", "30", "--port", "0"], _env(tmp_path / "data"))
+    try:
+        target = run.url.removeprefix("http://")
+        deadline = time.monotonic() + 60
+        log = tmp_path / "prom" / "prometheus.log"
+        with prometheus_against(target, tmp_path / "prom") as (prom, proc):
+            def has(expr):
+                return lambda: prom.query(expr).get("data", {}).get("result")
+
+            [up] = wait_until(has('up{job="k2"} == 1'), "k2 scraped", proc, log, deadline)
+            assert up["metric"]["instance"] == target
+            feeds = wait_until(has('k2_feed_up == 1'), "three live feeds", proc, log, deadline)
+            while len(feeds) < 3 and time.monotonic() < deadline:
+                time.sleep(0.5)
+                feeds = prom.query("k2_feed_up == 1")["data"]["result"]
+            assert {r["metric"]["exchange"] for r in feeds} == {"binance", "kraken", "coinbase"}
+            stored = wait_until(has('k2_writer_trades_stored_total > 0'), "stored trades", proc, log, deadline)
+            assert float(stored[0]["value"][1]) > 0
+            # Prometheus's own scrapes are API requests: the API metrics count the /metrics route
+            api = wait_until(has('k2_api_requests_total{route="/metrics",status="200"} > 0'), "API metrics",
+                             proc, log, deadline)
+            assert api
+    finally:
+        assert run.stop() == 0

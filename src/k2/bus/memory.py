@@ -44,5 +44,14 @@ class MemoryBus:
             self._q.put(_END)
 
     @property
+    def depth(self) -> int:
+        """Batches published and not consumed yet."""
+        return self._q.qsize()
+
+    @property
+    def capacity(self) -> int:
+        return self._q.maxsize
+
+    @property
     def drained(self) -> bool:
         return self._drained

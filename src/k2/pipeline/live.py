@@ -57,6 +57,7 @@ class Platform:
     offloads: int = 0
     offload_errors: int = 0
     last_offload: object = None
+    last_offload_at: float = 0.0  # time.monotonic() when the last successful cycle ended
 
     def status(self) -> dict[str, FeedStatus]:
         return {ex: s.status for ex, s in self.sessions.items()}
@@ -222,6 +223,7 @@ async def _cold_loop(platform: Platform, stop: asyncio.Event) -> None:
             res, kept = await asyncio.to_thread(cycle)
             platform.offloads += 1
             platform.last_offload = res
+            platform.last_offload_at = time.monotonic()
             log.info("offload: %d trades, %d raw frames, watermark %d; hot retention dropped %d trades",
                      res.trades, res.raw_frames, res.trade_watermark, kept.trades_dropped)
             if time.monotonic() >= next_maintain:
