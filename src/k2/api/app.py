@@ -63,8 +63,11 @@ class ApiContext:
 
     def on_stored(self, trades: pa.Table) -> None:
         """The hot writer's callback (writer thread): invalidate answers, feed the stream."""
-        pairs = set(zip(trades.column("exchange").to_pylist(), trades.column("symbol").to_pylist()))
-        self.generations.bump(pairs)
+        first = trades.group_by(["exchange", "symbol"]).aggregate([("ts", "min")])
+        ts = first.column("ts_min").cast(pa.int64()).to_pylist()
+        self.generations.bump(
+            {(e, s): t for e, s, t in zip(first.column("exchange").to_pylist(), first.column("symbol").to_pylist(), ts)}
+        )
         if self.hub is not None:
             self.hub.on_stored(trades)
 
@@ -225,8 +228,9 @@ def create_app(ctx: ApiContext) -> Any:
         if format == "json":
             lo, hi, n = service.candle_range(tf, s, e)
             key = ("ohlcv", tf.name, ex, sym, lo, hi)
-            body = await cache.get(key, [(ex, sym)], lambda: run(service.ohlcv_json, tf, ex, sym, s, e))
-            return Response(body, media_type=MEDIA["json"])
+            answer = await cache.get(key, [(ex, sym)], lambda: run(service.ohlcv_answer, tf, ex, sym, s, e),
+                                     refresh=lambda old, since: run(service.ohlcv_refresh, old, since))
+            return Response(answer.body, media_type=MEDIA["json"])
         service.candle_range(tf, s, e)  # validates before the download starts
         chunks = lambda: service.ohlcv_chunks(tf, ex, sym, s, e)  # noqa: E731
         return _bulk(format, chunks, f"{ex}_{sym}_{tf.name}", limiter)

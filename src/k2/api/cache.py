@@ -8,13 +8,17 @@ one of them. ``bump_all`` (offload, retention) invalidates everything.
 
 A miss for a question already being computed waits for that computation instead of running its own
 (single flight).
+
+Generations also remember, per pair, the earliest trade time each recent bump touched. An answer that can be
+brought up to date from a time on (candles: every bucket from the first touched one) is refreshed instead of
+recomputed: a day of 1m candles costs a query of the last bucket or two, not the whole day.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Hashable, Iterable
 from typing import Any
 
@@ -22,8 +26,11 @@ Pair = tuple[str, str]
 
 
 class Generations:
+    HISTORY = 1024  # bumps remembered per pair (a refresh needs every bump since its answer's generation)
+
     def __init__(self) -> None:
         self._pairs: dict[Pair, int] = {}
+        self._history: dict[Pair, deque] = {}  # pair -> (generation, earliest trade time µs it touched)
         self._all = 0
         self._lock = threading.Lock()
 
@@ -31,14 +38,42 @@ class Generations:
         with self._lock:
             return (self._all, *(self._pairs.get(p, 0) for p in pairs))
 
-    def bump(self, pairs: Iterable[Pair]) -> None:
+    def bump(self, pairs: Iterable[Pair] | dict[Pair, int]) -> None:
+        """A write touched ``pairs`` (a dict gives the earliest trade time, µs, it touched per pair)."""
         with self._lock:
             for p in pairs:
-                self._pairs[p] = self._pairs.get(p, 0) + 1
+                gen = self._pairs[p] = self._pairs.get(p, 0) + 1
+                first = pairs[p] if isinstance(pairs, dict) else None
+                hist = self._history.get(p)
+                if hist is None:
+                    hist = self._history[p] = deque(maxlen=self.HISTORY)
+                hist.append((gen, first))
 
     def bump_all(self) -> None:
         with self._lock:
             self._all += 1
+
+    def touched_since(self, old: tuple, pairs: list[Pair]) -> int | None:
+        """Earliest trade time written to ``pairs`` since token ``old`` was read; None when unknown (then the
+        answer must be recomputed)."""
+        with self._lock:
+            if old[0] != self._all:
+                return None
+            first: int | None = None
+            for p, gen in zip(pairs, old[1:]):
+                now = self._pairs.get(p, 0)
+                if now == gen:
+                    continue
+                hist = self._history.get(p)
+                if not hist or hist[0][0] > gen + 1:
+                    return None  # bumps older than the history: unknown
+                for g, t in reversed(hist):
+                    if g <= gen:
+                        break
+                    if t is None:
+                        return None
+                    first = t if first is None else min(first, t)
+            return first
 
 
 class AnswerCache:
@@ -51,9 +86,13 @@ class AnswerCache:
         self._inflight: dict[tuple, asyncio.Future] = {}
         self.hits = 0
         self.misses = 0
+        self.refreshes = 0
         self.shared = 0
 
-    async def get(self, key: Hashable, pairs: list[Pair], compute: Callable[[], Awaitable[Any]]) -> Any:
+    async def get(self, key: Hashable, pairs: list[Pair], compute: Callable[[], Awaitable[Any]],
+                  refresh: Callable[[Any, int], Awaitable[Any]] | None = None) -> Any:
+        """The answer to ``key``: cached if no write touched ``pairs`` since, else ``refresh(old, since_us)``
+        when given and the earliest touched time is known, else ``compute()``."""
         if self.max_entries == 0:
             return await compute()
         token = self.generations.token(pairs)
@@ -67,11 +106,18 @@ class AnswerCache:
         if fut is not None:
             self.shared += 1
             return await asyncio.shield(fut)
-        self.misses += 1
+        since = None
+        if entry is not None and refresh is not None:
+            since = self.generations.touched_since(entry[0], pairs)
         fut = asyncio.get_running_loop().create_future()
         self._inflight[flight] = fut
         try:
-            value = await compute()
+            if since is not None:
+                self.refreshes += 1
+                value = await refresh(entry[1], since)
+            else:
+                self.misses += 1
+                value = await compute()
         except BaseException as exc:
             if not fut.done():
                 fut.set_exception(exc)

@@ -23,16 +23,19 @@ def build_context(settings, store, *, mode: str, platform=None, with_metrics: bo
     from k2.api.app import ApiContext
     from k2.query.service import QueryService
 
-    service = QueryService(store, settings.instrument_table(), max_json_rows=settings.api.max_json_rows,
+    # reads on connections of their own: never queued behind the writer's inserts (chdb runs one query at a time
+    # per connection)
+    reader = store.readers(settings.api.query_threads) if hasattr(store, "readers") else store
+    service = QueryService(reader, settings.instrument_table(), max_json_rows=settings.api.max_json_rows,
                            max_bulk_rows=settings.api.max_bulk_rows)
-    ctx = ApiContext(settings=settings, store=store, service=service, mode=mode, platform=platform)
+    ctx = ApiContext(settings=settings, store=reader, service=service, mode=mode, platform=platform)
     ctx.cold_stats = ColdStats(settings)
     if with_metrics:
         from prometheus_client import CollectorRegistry
 
         from k2.observability.metrics import Metrics
 
-        ctx.metrics = Metrics(CollectorRegistry(), platform=platform, store=store, data_dir=Path(settings.data_dir))
+        ctx.metrics = Metrics(CollectorRegistry(), platform=platform, store=reader, data_dir=Path(settings.data_dir))
     return ctx
 
 
@@ -183,6 +186,10 @@ async def serve(settings, stop: asyncio.Event, host: str | None = None, port: in
         ctx = build_context(settings, store, mode="serve")
         server = await start_api(ctx, host or settings.api.host, settings.api.port if port is None else port)
         print(f"k2 serve: {server.url} (dashboard {server.url}/, API docs {server.url}/docs)", flush=True)
+        import gc
+
+        gc.collect()
+        gc.freeze()  # see k2.cli._freeze_startup_objects
         if on_ready is not None:
             on_ready(server)
         try:

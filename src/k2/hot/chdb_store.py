@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import queue
 import threading
 from pathlib import Path
 
@@ -93,6 +94,7 @@ class ChdbStore:
         row = self.query_arrow("SELECT max(ingest_seq) AS s FROM raw_frames")
         self._next_raw_seq = row["s"][0].as_py() + 1
         self._max_id: dict[str, int] | None = None  # highest stored trade_id per 'exchange<US>symbol'
+        self._readers: ReaderPool | None = None
         self._cold_files_root()
         self.repaired_months = self.check_candles(repair=True)
 
@@ -318,7 +320,17 @@ class ChdbStore:
         except Exception:
             pass
 
+    def readers(self, size: int = 4) -> "ReaderPool":
+        """Read connections of their own (the API's): chdb runs one query at a time per connection, so reads on
+        the main one would wait behind the writer's inserts and behind each other."""
+        if self._readers is None:
+            self._readers = ReaderPool(self.path, size)
+        return self._readers
+
     def close(self) -> None:
+        if self._readers is not None:
+            self._readers.close()
+            self._readers = None
         if self._session is not None:
             self._raw_session.close()
             self._session.close()
@@ -329,6 +341,77 @@ class ChdbStore:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class ReaderPool:
+    """Up to ``size`` extra connections to the same embedded server, each used by one query at a time.
+
+    Same answers as the store's own ``query_arrow``/``query_text`` (a committed insert is visible to every
+    connection); queries on different connections run in parallel.
+    """
+
+    def __init__(self, path: Path, size: int) -> None:
+        self.path = path
+        self.size = max(1, size)
+        self._free: queue.LifoQueue = queue.LifoQueue()
+        self._all: list = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def _take(self):
+        try:
+            return self._free.get_nowait()
+        except queue.Empty:
+            pass
+        with self._lock:
+            if self._closed:
+                raise StoreError("the store is closed")
+            if len(self._all) < self.size:
+                from chdb import session
+
+                sess = session.Session(str(self.path))
+                self._all.append(sess)
+                return sess
+        return self._free.get()
+
+    def query_arrow(self, sql: str) -> pa.Table:
+        sess = self._take()
+        try:
+            return sess.query(sql, "ArrowTable")
+        except Exception as exc:
+            _clear(sess)
+            raise QueryFailed(_clean(str(exc))) from exc
+        finally:
+            self._free.put(sess)
+
+    def query_text(self, sql: str, fmt: str) -> str:
+        sess = self._take()
+        try:
+            res = sess.query(sql, fmt)
+        except Exception as exc:
+            _clear(sess)
+            raise QueryFailed(_clean(str(exc))) from exc
+        finally:
+            self._free.put(sess)
+        return res.bytes().decode("utf-8", "replace") if hasattr(res, "bytes") else str(res)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            for sess in self._all:
+                try:
+                    sess.close()
+                except Exception:
+                    pass
+            self._all.clear()
+
+
+def _clear(sess) -> None:
+    # chdb was seen returning a failed query's leftover result to the next query (engine-notes.md)
+    try:
+        sess.query("SELECT 1", "TabSeparated")
+    except Exception:
+        pass
 
 
 _arrow_names = itertools.count()

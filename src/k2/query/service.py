@@ -31,6 +31,8 @@ JSON_SETTINGS = (
     "output_format_json_quote_decimals = 1, output_format_json_quote_64bit_integers = 0, "
     "output_format_json_array_of_rows = 1"
 )
+#: the same, one object per line (answers assembled from rows)
+JSON_ROW_SETTINGS = "output_format_json_quote_decimals = 1, output_format_json_quote_64bit_integers = 0"
 MAX_TF_SECONDS = 366 * 86_400
 #: Monday 1970-01-05 00:00 UTC: weeks start on Mondays (the epoch was a Thursday)
 WEEK_OFFSET_S = 4 * 86_400
@@ -113,6 +115,30 @@ def _cursor_decode(cursor: str) -> tuple[int, str, int]:
         return ts, exchange, trade_id
     except Exception:
         raise BadRequest("invalid cursor: pass back the next_cursor of the previous page unchanged") from None
+
+
+def _bucket_of(row: bytes) -> int:
+    return int(row[10 : row.index(b",", 10)])  # rows start with {"bucket":
+
+
+@dataclass
+class CandleAnswer:
+    """A JSON candle answer kept as rows, so a refresh can replace its newest buckets only."""
+
+    tf: Timeframe
+    exchange: str
+    symbol: str
+    lo: int  # first bucket, s
+    hi: int  # end bound, s
+    head: bytes
+    rows: list[bytes]
+    _body: bytes | None = None
+
+    @property
+    def body(self) -> bytes:
+        if self._body is None:
+            self._body = self.head[:-1] + b',"candles":[' + b",".join(self.rows) + b"]}"
+        return self._body
 
 
 @dataclass(frozen=True)
@@ -210,19 +236,36 @@ class QueryService:
         )
 
     def ohlcv_json(self, tf: Timeframe, exchange: str, symbol: str, start: int | None, end: int | None) -> bytes:
+        return self.ohlcv_answer(tf, exchange, symbol, start, end).body
+
+    def ohlcv_answer(self, tf: Timeframe, exchange: str, symbol: str, start: int | None,
+                     end: int | None) -> "CandleAnswer":
         lo, hi, n = self.candle_range(tf, start, end)
         if n > self.max_json_rows:
             raise BadRequest(
                 f"too large a range: {n} buckets of {tf.name} (at most {self.max_json_rows} in JSON); narrow "
                 "start/end, use a coarser timeframe, or ask format=csv, arrow or parquet for a bulk download"
             )
-        rows = b"[]"
-        if n:
-            sql = self.candles_sql(tf, exchange, symbol, lo, hi, arrow=False)
-            rows = self.store.query_text(f"{sql} SETTINGS {JSON_SETTINGS}", "JSONEachRow").encode().strip() or b"[]"
         head = orjson.dumps({"exchange": exchange, "symbol": symbol, "timeframe": tf.name,
                              "start": lo * 1_000_000, "end": hi * 1_000_000})
-        return head[:-1] + b',"candles":' + rows + b"}"
+        rows = self._candle_rows(tf, exchange, symbol, lo, hi) if n else []
+        return CandleAnswer(tf, exchange, symbol, lo, hi, head, rows)
+
+    def ohlcv_refresh(self, old: "CandleAnswer", since_us: int) -> "CandleAnswer":
+        """``old`` brought up to date after writes of trades at ``since_us`` and later: the buckets before the
+        first touched one are kept, the rest read again."""
+        first = max(old.tf.floor(since_us // 1_000_000), old.lo)
+        if first >= old.hi:
+            return old  # the writes fell after the range
+        keep = [r for r in old.rows if _bucket_of(r) < first * 1_000_000]
+        fresh = self._candle_rows(old.tf, old.exchange, old.symbol, first, old.hi)
+        return CandleAnswer(old.tf, old.exchange, old.symbol, old.lo, old.hi, old.head, keep + fresh)
+
+    def _candle_rows(self, tf: Timeframe, exchange: str, symbol: str, lo: int, hi: int) -> list[bytes]:
+        """One JSON object (bytes) per candle, oldest first; each starts with ``{"bucket":<µs>,``."""
+        sql = self.candles_sql(tf, exchange, symbol, lo, hi, arrow=False)
+        text = self.store.query_text(f"{sql} SETTINGS {JSON_ROW_SETTINGS}", "JSONEachRow")
+        return [ln for ln in text.encode().split(b"\n") if ln]
 
     def ohlcv_arrow(self, tf: Timeframe, exchange: str, symbol: str, start: int | None, end: int | None) -> pa.Table:
         return pa.concat_tables(list(self.ohlcv_chunks(tf, exchange, symbol, start, end)))

@@ -22,11 +22,23 @@ def describe(sim: ExchangeSimulator) -> list[str]:
     return lines
 
 
-async def serve(config: SimConfig, stop: asyncio.Event | None = None) -> None:
+def settings_json(sim: ExchangeSimulator) -> str:
+    """One JSON line: the settings pointing K2 at ``sim`` for either Coinbase feed (read by `k2 up --simulate`)."""
+    import json
+
+    urls = {key[3:].lower(): value for key, value in sim.settings_env().items()}
+    if "coinbase" in sim.exchanges:
+        urls["coinbase_advanced_ws_url"] = sim.ws_url("coinbase", "advanced")
+    return json.dumps({"k2_simulator": urls})
+
+
+async def serve(config: SimConfig, stop: asyncio.Event | None = None, *, json_line: bool = False) -> None:
     """Start a simulator, print its addresses and settings, and run until ``stop`` is set or cancelled."""
     sim = ExchangeSimulator(config)
     await sim.start()
     try:
+        if json_line:
+            print(settings_json(sim), flush=True)
         for line in describe(sim):
             print(line, flush=True)
         await (stop if stop is not None else asyncio.Event()).wait()
