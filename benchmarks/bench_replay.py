@@ -90,8 +90,8 @@ def main() -> None:
     print(f"\nmachine: {cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     print(f"command: python benchmarks/bench_replay.py --trades {args.trades} --runs {args.runs}")
     print(f"capture: {path.name} ({path.stat().st_size / 2**20:,.0f} MiB zstd), {args.trades:,} trades, 34 pairs\n")
-    print(f"| mode | trades/s median | range | peak RSS median (MiB) | target |")
-    print(f"|---|---:|---|---:|---|")
+    print("| mode | trades/s median | range | peak RSS median (MiB) | target |")
+    print("|---|---:|---|---:|---|")
     for mode, rates, rss in rows:
         label = "k2 replay (raw layer + trades + 6 candle views)" if mode == "raw" else "k2 replay --no-raw (trades + 6 candle views)"
         print(f"| {label} | {statistics.median(rates):,.0f} | {min(rates):,.0f} - {max(rates):,.0f} | "

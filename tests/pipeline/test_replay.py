@@ -11,7 +11,6 @@ import pytest
 from k2.capture import CaptureWriter
 from k2.capture.synth import write_synthetic_capture
 from k2.cli import main
-from k2.hot.chdb_store import ChdbStore
 from k2.model.trade import TRADE_SCHEMA, trades_from_table
 from k2.pipeline.replay import replay_files
 from tests.candles import normalize, recompute, stored

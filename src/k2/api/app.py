@@ -32,7 +32,6 @@ from k2.api.cache import AnswerCache, Generations
 from k2.api.security import Guard
 from k2.api.stream import StreamHub
 from k2.errors import BadRequest, QueryFailed, QueryRefused, RetryableStoreError, StoreError
-from k2.hot.ddl import TIMEFRAMES
 from k2.model.instrument import EXCHANGES
 from k2.query.service import QueryService, TradesPage, now_us, parse_timeframe, time_param
 
@@ -522,7 +521,3 @@ def _status(ctx: ApiContext) -> dict:
     }
     out["gaps"] = {s: 0 for s in ("pending", "filled", "partial", "unfilled")} | {g["status"]: int(g["n"]) for g in gaps}
     return out
-
-
-def timeframes() -> list[str]:
-    return [name for name, _, _ in TIMEFRAMES]
