@@ -142,6 +142,9 @@ class ApiSettings(_Frozen):
     sql_timeout_s: float = Field(10.0, gt=0, le=3600, description="POST /v1/sql: time limit of one query")
     query_threads: int = Field(4, ge=1, le=64, description="store queries run at once; more wait")
     cache_entries: int = Field(2048, ge=0, description="answers kept until a write touches their pair (0 = off)")
+    serve_previous_while_refreshing: bool = Field(
+        True, description="while an answer is brought up to date, others asking get the previous one (tens of ms old) at once"
+    )
     stream_queue: int = Field(1000, ge=10, description="messages a stream client may fall behind before it is dropped")
     switch_interval_ms: float = Field(
         1.0, gt=0, le=100, description="k2 up: Python's thread switch interval while serving (5 ms by default in Python)"

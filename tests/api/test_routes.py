@@ -334,3 +334,45 @@ def test_generations_know_what_they_forgot():
     g.bump({p: 7})
     g.bump_all()
     assert g.touched_since(t3, [p]) is None  # offload/retention: recompute
+
+
+@pytest.mark.parametrize("serve_previous", [True, False])
+def test_requests_during_a_refresh_get_the_previous_answer_or_wait(serve_previous):
+    import asyncio
+
+    from k2.api.cache import AnswerCache, Generations
+
+    p = ("binance", "BTC-USDT")
+
+    async def scenario():
+        g = Generations()
+        cache = AnswerCache(g, serve_previous=serve_previous)
+
+        async def compute():
+            return "v1"
+
+        assert await cache.get("k", [p], compute) == "v1"
+        g.bump({p: 5})
+        started, release = asyncio.Event(), asyncio.Event()
+
+        async def slow_refresh(old, since):
+            assert (old, since) == ("v1", 5)
+            started.set()
+            await release.wait()
+            return "v2"
+
+        owner = asyncio.create_task(cache.get("k", [p], compute, slow_refresh))
+        await started.wait()
+        other = asyncio.create_task(cache.get("k", [p], compute, slow_refresh))
+        await asyncio.sleep(0.01)
+        if serve_previous:
+            assert other.done() and other.result() == "v1"  # at once, the last complete answer
+        else:
+            assert not other.done()  # waits for the refresh
+        release.set()
+        assert await owner == "v2" and await other == ("v1" if serve_previous else "v2")
+        assert await cache.get("k", [p], compute, slow_refresh) == "v2"  # and never older than that again
+        return cache
+
+    cache = asyncio.run(scenario())
+    assert (cache.previous, cache.shared) == ((1, 0) if serve_previous else (0, 1))

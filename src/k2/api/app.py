@@ -84,7 +84,7 @@ def _error(status: int, message: str, headers: dict | None = None) -> JSONRespon
 def create_app(ctx: ApiContext) -> Any:
     api = ctx.settings.api
     limiter = anyio.CapacityLimiter(api.query_threads)
-    cache = AnswerCache(ctx.generations, api.cache_entries)
+    cache = AnswerCache(ctx.generations, api.cache_entries, serve_previous=api.serve_previous_while_refreshing)
     service = ctx.service
 
     async def run(fn, *args):
@@ -188,7 +188,12 @@ def create_app(ctx: ApiContext) -> Any:
         hit = status_cache.get("v")
         if hit is not None and now - hit[0] < 1.0:
             return Response(hit[1], media_type=MEDIA["json"])
-        body = orjson.dumps(await run(_status, ctx))
+        out = await run(_status, ctx)
+        out["api"] = {"cache": {"hits": cache.hits, "misses": cache.misses, "refreshes": cache.refreshes,
+                                "shared": cache.shared, "previous": cache.previous,
+                                "entries": len(cache._entries)},
+                      "stream_clients": len(ctx.hub.clients) if ctx.hub is not None else 0}
+        body = orjson.dumps(out)
         status_cache["v"] = (now, body)
         return Response(body, media_type=MEDIA["json"])
 

@@ -7,7 +7,7 @@ generations of its pairs as read *before* its query ran, so it stays valid exact
 one of them. ``bump_all`` (offload, retention) invalidates everything.
 
 A miss for a question already being computed waits for that computation instead of running its own
-(single flight).
+(single flight), or, when an earlier answer exists, gets that one at once (see :class:`AnswerCache`).
 
 Generations also remember, per pair, the earliest trade time each recent bump touched. An answer that can be
 brought up to date from a time on (candles: every bucket from the first touched one) is refreshed instead of
@@ -77,17 +77,26 @@ class Generations:
 
 
 class AnswerCache:
-    """LRU of answers (used from the event loop only)."""
+    """LRU of answers (used from the event loop only).
 
-    def __init__(self, generations: Generations, max_entries: int = 2048) -> None:
+    One computation per question at a time. While an answer is being brought up to date, other requests for it
+    get the previous answer at once when ``serve_previous`` is on (the default; stale-while-revalidate): it is a
+    complete, exact answer as of the moment that refresh started, so it lacks at most the writes of the last
+    few tens of milliseconds, and a client never gets an answer older than one it already had. With it off they
+    wait for the refresh (strict read-after-write).
+    """
+
+    def __init__(self, generations: Generations, max_entries: int = 2048, serve_previous: bool = True) -> None:
         self.generations = generations
         self.max_entries = max_entries
+        self.serve_previous = serve_previous
         self._entries: OrderedDict[Hashable, tuple[tuple, Any]] = OrderedDict()
-        self._inflight: dict[tuple, asyncio.Future] = {}
+        self._inflight: dict[Hashable, asyncio.Future] = {}
         self.hits = 0
         self.misses = 0
         self.refreshes = 0
         self.shared = 0
+        self.previous = 0
 
     async def get(self, key: Hashable, pairs: list[Pair], compute: Callable[[], Awaitable[Any]],
                   refresh: Callable[[Any, int], Awaitable[Any]] | None = None) -> Any:
@@ -101,16 +110,18 @@ class AnswerCache:
             self._entries.move_to_end(key)
             self.hits += 1
             return entry[1]
-        flight = (key, token)
-        fut = self._inflight.get(flight)
+        fut = self._inflight.get(key)
         if fut is not None:
+            if entry is not None and self.serve_previous:
+                self.previous += 1
+                return entry[1]
             self.shared += 1
             return await asyncio.shield(fut)
         since = None
         if entry is not None and refresh is not None:
             since = self.generations.touched_since(entry[0], pairs)
         fut = asyncio.get_running_loop().create_future()
-        self._inflight[flight] = fut
+        self._inflight[key] = fut
         try:
             if since is not None:
                 self.refreshes += 1
@@ -124,7 +135,7 @@ class AnswerCache:
                 fut.exception()  # retrieved: waiters re-raise it, nobody else has to
             raise
         finally:
-            self._inflight.pop(flight, None)
+            self._inflight.pop(key, None)
         fut.set_result(value)
         self._entries[key] = (token, value)
         self._entries.move_to_end(key)
