@@ -46,6 +46,21 @@ def data_dir(synth_dir, tmp_path_factory) -> Path:
     return dst
 
 
+@pytest.fixture(scope="module")
+def env(data_dir):
+    """(TestClient of the API over the module's store, the store, the ApiContext)."""
+    from fastapi.testclient import TestClient
+
+    from k2.api.app import create_app
+    from k2.api.server import build_context
+
+    store = ChdbStore(data_dir)
+    ctx = build_context(make_settings(data_dir), store, mode="serve", with_metrics=False)
+    with TestClient(create_app(ctx)) as client:
+        yield client, store, ctx
+    store.close()
+
+
 def make_settings(data_dir: Path, **api) -> object:
     s = load_settings(data_dir=str(data_dir))
     if api:

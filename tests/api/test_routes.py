@@ -8,26 +8,13 @@ from decimal import Decimal
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from fastapi.testclient import TestClient
 
-from k2.api.app import create_app
-from k2.api.server import build_context
-from k2.hot.chdb_store import ChdbStore
 from k2.query.service import WEEK_OFFSET_S
-from tests.api.conftest import START_US, all_trades, make_settings, trade_table
+from tests.api.conftest import START_US, all_trades, trade_table
 from tests.candles import recompute
 
 DAY_US = 86_400 * 1_000_000
 END_US = START_US + 13 * DAY_US
-
-
-@pytest.fixture(scope="module")
-def env(data_dir):
-    store = ChdbStore(data_dir)
-    ctx = build_context(make_settings(data_dir), store, mode="serve", with_metrics=False)
-    with TestClient(create_app(ctx)) as client:
-        yield client, store, ctx
-    store.close()
 
 
 @pytest.fixture(scope="module")

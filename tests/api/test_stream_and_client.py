@@ -8,26 +8,14 @@ from decimal import Decimal
 
 import pyarrow as pa
 import pytest
-from fastapi.testclient import TestClient
 
 import k2
-from k2.api.app import create_app
 from k2.api.server import build_context, start_api
 from k2.api.stream import decimal_strings
 from k2.client import ApiError, LocalClient
-from k2.hot.chdb_store import ChdbStore
 from tests.api.conftest import START_US, make_settings, trade_table
 
 NEW_TS = START_US + 20 * 86_400 * 1_000_000  # after everything in the fixture
-
-
-@pytest.fixture(scope="module")
-def env(data_dir):
-    store = ChdbStore(data_dir)
-    ctx = build_context(make_settings(data_dir), store, mode="serve", with_metrics=False)
-    with TestClient(create_app(ctx)) as client:
-        yield client, store, ctx
-    store.close()
 
 
 def _trade(ex, sym, native, tid, price, qty, ts, side="buy"):

@@ -151,21 +151,11 @@ class StreamHub:
             first = min(r["ts"] for r in rows)
             if first < self._dirty.get(pair, first + 1):
                 self._dirty[pair] = first
-        encoded: dict[frozenset, bytes] = {}
-        sent_at = now_us()
-        for client in list(self.clients):
-            if "trades" not in client.channels:
-                continue
-            mine = frozenset(p for p in client.pairs if p in by_pair)
-            if not mine:
-                continue
-            msg = encoded.get(mine)
-            if msg is None:
-                data = [r for p in sorted(mine) for r in by_pair[p]]
-                data.sort(key=lambda r: (r["ts"], r["exchange"], r["trade_id"]))
-                msg = orjson.dumps({"type": "trades", "stored": stored_at, "sent": sent_at, "data": data})
-                encoded[mine] = msg
-            self._offer(client, msg)
+        def message(data: list[dict], sent_at: int) -> bytes:
+            data.sort(key=lambda r: (r["ts"], r["exchange"], r["trade_id"]))
+            return orjson.dumps({"type": "trades", "stored": stored_at, "sent": sent_at, "data": data})
+
+        self._deliver(by_pair, lambda c: "trades" in c.channels, message)
         if any("candles" in c.channels for c in self.clients):
             self._dirty_event.set()
         else:
@@ -223,19 +213,25 @@ class StreamHub:
         by_pair: dict[Pair, list[dict]] = {}
         for r in rows:
             by_pair.setdefault((r["exchange"], r["symbol"]), []).append(r)
+        self._deliver(
+            by_pair,
+            lambda c: "candles" in c.channels and tf in c.timeframes,
+            lambda data, sent_at: orjson.dumps({"type": "candles", "timeframe": tf, "sent": sent_at, "data": data}),
+        )
+
+    def _deliver(self, by_pair: dict[Pair, list[dict]], wants, message) -> None:
+        """Offer every client that ``wants`` it the rows of its pairs: one encoding per distinct set of pairs."""
         encoded: dict[frozenset, bytes] = {}
         sent_at = now_us()
         for client in list(self.clients):
-            if "candles" not in client.channels or tf not in client.timeframes:
+            if not wants(client):
                 continue
             mine = frozenset(p for p in client.pairs if p in by_pair)
             if not mine:
                 continue
             msg = encoded.get(mine)
             if msg is None:
-                data = [r for p in sorted(mine) for r in by_pair[p]]
-                msg = orjson.dumps({"type": "candles", "timeframe": tf, "sent": sent_at, "data": data})
-                encoded[mine] = msg
+                msg = encoded[mine] = message([r for p in sorted(mine) for r in by_pair[p]], sent_at)
             self._offer(client, msg)
 
     # -- subscriptions ------------------------------------------------------------------------------
