@@ -82,7 +82,16 @@ class ChdbStore:
 
         self.path = Path(data_dir) / "hot"
         self.path.mkdir(parents=True, exist_ok=True)
-        self._session = session.Session(str(self.path))
+        try:
+            self._session = session.Session(str(self.path))
+        except Exception as exc:  # chdb says "Error initializing EmbeddedServer" whatever the cause
+            if _locked_by_another(self.path):
+                raise StoreError(
+                    f"the data directory {Path(data_dir)} is in use by another process (k2 up?): chdb allows one "
+                    "process per store. Query the running one through its API (POST /v1/sql, "
+                    "k2.connect('http://127.0.0.1:8000')), or stop it first"
+                ) from None
+            raise _translate(exc) from exc
         # raw frames go through a second connection to the same embedded server, so the writer can store
         # them while the trades of the same batch are inserted (one streaming insert per connection)
         self._raw_session = session.Session(str(self.path))
@@ -428,6 +437,22 @@ def _with_arrow(session, sql: str, table: pa.Table, fmt: str):
     ns = {name: table, "_session": session, "_sql": sql.replace("Python(table)", f"Python({name})"), "_fmt": fmt}
     exec("_out = _session.query(_sql, _fmt)", ns)
     return ns["_out"]
+
+
+def _locked_by_another(path: Path) -> bool:
+    """Whether another process holds the embedded server's lock on ``path`` (ClickHouse's ``status`` file)."""
+    import fcntl
+
+    status = path / "status"
+    if not status.exists():
+        return False
+    try:
+        with open(status, "rb") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fh, fcntl.LOCK_UN)
+        return False
+    except OSError:
+        return True
 
 
 def _clean(text: str) -> str:
