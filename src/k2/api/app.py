@@ -501,15 +501,13 @@ def _status(ctx: ApiContext) -> dict:
         w = p.writer.stats
         out["writer"] = {"trades_stored": w.trades_stored, "duplicates": w.duplicates, "dead_letters": w.dead_letters,
                          "inserts": w.inserts, "alive": p.writer.alive}
-    parts = store.query_arrow(
-        "SELECT table, sum(rows) AS rows FROM system.parts WHERE active AND database = currentDatabase() "
-        "AND table IN ('trades_store', 'raw_frames', 'dead_letters_store') GROUP BY table"
-    ).to_pylist()
-    rows = {r["table"]: int(r["rows"]) for r in parts}
+    # count(), not system.parts: hot retention deletes rows with lightweight DELETEs, which parts keep counting
+    # until they merge
     span = store.query_arrow(
-        "SELECT toUnixTimestamp64Micro(min(ts)) AS lo, toUnixTimestamp64Micro(max(ts)) AS hi, count() AS n "
-        "FROM trades_store"
+        "SELECT toUnixTimestamp64Micro(min(ts)) AS lo, toUnixTimestamp64Micro(max(ts)) AS hi, count() AS n, "
+        "(SELECT count() FROM raw_frames) AS raw, (SELECT count() FROM dead_letters_store) AS dead FROM trades_store"
     ).to_pylist()[0]
+    rows = {"trades_store": int(span["n"]), "raw_frames": int(span["raw"]), "dead_letters_store": int(span["dead"])}
     gaps = store.query_arrow("SELECT status, count() AS n FROM gaps GROUP BY status").to_pylist()
     cold = ctx.cold_stats() if ctx.cold_stats is not None else {}
     if p is not None:

@@ -152,7 +152,7 @@ METRICS: tuple[MetricSpec, ...] = (
     ),
     # -- hot store: ClickHouse metadata -------------------------------------------------------------------------
     *_group("store",
-        ("k2_store_rows", "gauge", ("table",), "Rows in each hot-store table (active parts)."),
+        ("k2_store_rows", "gauge", ("table",), "Rows in the active parts of each hot-store table (rows removed by a lightweight DELETE count until their part merges)."),
         ("k2_store_bytes", "gauge", ("table",), "Bytes on disk of each hot-store table (active parts)."),
         ("k2_store_parts", "gauge", ("table",), "Active parts of each hot-store table."),
         ("k2_store_last_ingest_seq", "gauge", (), "Newest stored trade ingest_seq (0 when empty)."),
