@@ -77,6 +77,23 @@ class SqlRequest(BaseModel):
     max_rows: int | None = Field(None, ge=1, description="rows returned at most (capped by api.sql_max_rows)")
 
 
+def _doc(example: dict, bulk: bool = False) -> dict:
+    """OpenAPI description of an answer: its JSON example, the bulk formats, and the error shape."""
+    content: dict[str, Any] = {"application/json": {"example": example}}
+    if bulk:
+        content.update({MEDIA["csv"]: {}, MEDIA["arrow"]: {}, MEDIA["parquet"]: {}})
+    error = {"application/json": {"example": {"error": "what to change", "status": 400}}}
+    return {200: {"content": content}, 400: {"description": "bad request", "content": error},
+            401: {"description": "API key missing or unknown"}, 429: {"description": "rate limited (Retry-After)"}}
+
+
+_CANDLE = {"bucket": 1784073600000000, "open": "117234.57", "high": "117234.9", "low": "117234.05",
+           "close": "117234.23", "volume": "43.92906632", "quote_volume": "5149998.4672408576",
+           "vwap": "117234.416723675487396518", "trade_count": 1783}
+_TRADE = {"exchange": "kraken", "symbol": "BTC-USD", "trade_id": 15000018, "price": "117234.53", "qty": "0.01724825",
+          "side": "sell", "ts": 1784073600001704, "ts_recv": 1784073600038104}
+
+
 def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
     return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
 
@@ -216,7 +233,9 @@ def create_app(ctx: ApiContext) -> Any:
 
     # -- candles ----------------------------------------------------------------------------------------
     @app.get("/v1/ohlcv/{timeframe}", tags=["market data"],
-             summary="OHLCV candles: the stored 1m 5m 15m 30m 1h 1d, or any whole multiple of a minute rolled up exactly")
+             summary="OHLCV candles: the stored 1m 5m 15m 30m 1h 1d, or any whole multiple of a minute rolled up exactly",
+             responses=_doc({"exchange": "binance", "symbol": "BTC-USDT", "timeframe": "1m", "start": 1784073600000000,
+                             "end": 1784160000000000, "candles": [_CANDLE]}, bulk=True))
     async def ohlcv(
         timeframe: Annotated[str, PathParam(description="1m 5m 15m 30m 1h 1d, or e.g. 2m 4h 3d 1w")],
         exchange: Annotated[str, Query(description="binance, kraken or coinbase")] = None,  # type: ignore[assignment]
@@ -241,7 +260,9 @@ def create_app(ctx: ApiContext) -> Any:
 
     # -- trades -----------------------------------------------------------------------------------------
     @app.get("/v1/trades", tags=["market data"],
-             summary="trades in (ts, exchange, trade_id) order (order=desc: newest first), cursor-paginated")
+             summary="trades in (ts, exchange, trade_id) order (order=desc: newest first), cursor-paginated",
+             responses=_doc({"trades": [_TRADE], "next_cursor": "WzE3ODQwNzM2MDAwMDE3MDQsImtyYWtlbiIsMTUwMDAwMThd"},
+                            bulk=True))
     async def trades(
         symbol: Annotated[str, Query(description="canonical BASE-QUOTE, e.g. BTC-USD")] = None,  # type: ignore[assignment]
         exchange: Annotated[str | None, Query(description="one exchange (default: every exchange listing the symbol)")] = None,
@@ -273,7 +294,10 @@ def create_app(ctx: ApiContext) -> Any:
         return _bulk(format, chunks, f"{ex or 'all'}_{sym}_trades", limiter)
 
     # -- SQL --------------------------------------------------------------------------------------------
-    @app.post("/v1/sql", tags=["sql"], summary="read-only SQL with a row limit and a timeout")
+    @app.post("/v1/sql", tags=["sql"], summary="read-only SQL with a row limit and a timeout",
+              responses=_doc({"columns": [{"name": "exchange", "type": "LowCardinality(String)"},
+                                          {"name": "n", "type": "UInt64"}],
+                              "rows": [["binance", "7029"]], "rows_returned": 1, "truncated": False}, bulk=True))
     async def sql(req: Annotated[SqlRequest, Body()]):
         from k2.query.readonly import ReadOnlySQL
 
