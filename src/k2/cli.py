@@ -224,9 +224,6 @@ def _up(args, settings) -> int:
     from k2.pipeline.live import run_platform
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    if settings.api.enabled:
-        # the API thread waits for the GIL behind the feeds' loop: hand it over every 1 ms instead of 5 ms
-        sys.setswitchinterval(settings.api.switch_interval_ms / 1000)
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -146,9 +146,6 @@ class ApiSettings(_Frozen):
         True, description="while an answer is brought up to date, others asking get the previous one (tens of ms old) at once"
     )
     stream_queue: int = Field(1000, ge=10, description="messages a stream client may fall behind before it is dropped")
-    switch_interval_ms: float = Field(
-        1.0, gt=0, le=100, description="k2 up: Python's thread switch interval while serving (5 ms by default in Python)"
-    )
 
     @field_validator("api_keys")
     @classmethod
