@@ -216,20 +216,33 @@ def _replay(args, settings) -> int:
     return 0
 
 
-def _up(args, settings) -> int:
+def _until_signal(body, log_level: str | None = None) -> int:
+    """Run ``await body(stop)`` on a fresh event loop; SIGINT and SIGTERM set ``stop``."""
     import asyncio
-    import logging
     import signal
 
-    from k2.pipeline.live import run_platform
+    if log_level is not None:
+        import logging
 
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+        logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        await body(stop)
+
+    asyncio.run(main())
+    return 0
+
+
+def _up(args, settings) -> int:
+    import asyncio
+
+    from k2.pipeline.live import run_platform
+
+    async def main(stop: asyncio.Event) -> None:
         sim = None
         run_settings = settings
         if args.simulate:
@@ -263,7 +276,9 @@ def _up(args, settings) -> int:
                     ctx.platform = platform
                     if ctx.metrics is not None:
                         ctx.metrics.attach(platform)
-                _freeze_startup_objects()
+                from k2.api.server import freeze_startup_objects
+
+                freeze_startup_objects()
 
             await run_platform(run_settings, stop, store=store, on_start=started,
                                on_stored=ctx.on_stored if ctx is not None else None)
@@ -274,47 +289,16 @@ def _up(args, settings) -> int:
             if sim is not None:
                 await sim.stop()
 
-    asyncio.run(main())
-    return 0
-
-
-def _freeze_startup_objects() -> None:
-    """Move everything start-up built (modules, settings, tables, the app) out of the garbage collector's view.
-
-    A full collection walks every tracked object while holding the GIL; measured under `k2 up` at 5,000 trades/s
-    those walks took 40-80 ms and were the longest stalls of the API and the feeds. Objects created later are
-    collected as usual; frozen ones are still freed by reference counting.
-    """
-    import gc
-
-    gc.collect()
-    gc.freeze()
+    return _until_signal(main, args.log_level)
 
 
 def _serve(args, settings) -> int:
-    import asyncio
-    import logging
-    import signal
-
     from k2.api.server import serve
 
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await serve(settings, stop)
-
-    asyncio.run(main())
-    return 0
+    return _until_signal(lambda stop: serve(settings, stop), args.log_level)
 
 
 def _simulate(args) -> int:
-    import asyncio
-    import signal
-
     from k2.model.instrument import EXCHANGES
     from k2.sim import SimConfig, serve
 
@@ -323,16 +307,7 @@ def _simulate(args) -> int:
     if unknown:
         raise ConfigError("exchanges", f"unknown exchange(s) {', '.join(unknown)} (expected {', '.join(EXCHANGES)})")
     config = SimConfig(exchanges=tuple(exchanges), host=args.host, base_port=args.port, rate=args.rate, seed=args.seed)
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await serve(config, stop, json_line=args.json)
-
-    asyncio.run(main())
-    return 0
+    return _until_signal(lambda stop: serve(config, stop, json_line=args.json))
 
 
 def _sql_as_of(args, settings, store, fmt, extra) -> str:

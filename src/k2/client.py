@@ -54,7 +54,20 @@ class ApiError(K2Error):
         super().__init__(f"HTTP {status}: {message}")
 
 
-class LocalClient:
+class _Client:
+    """``with k2.connect(...) as k:`` closes the client at the end."""
+
+    def close(self) -> None:  # pragma: no cover - every client defines it
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class LocalClient(_Client):
     """Reads a data directory in this process (embedded chdb store, both tiers)."""
 
     def __init__(self, data_dir: str | os.PathLike[str], config: str | None = None) -> None:
@@ -98,14 +111,8 @@ class LocalClient:
     def close(self) -> None:
         self.store.close()
 
-    def __enter__(self):
-        return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-class RemoteClient:
+class RemoteClient(_Client):
     """Talks to a K2 API over HTTP (answers as Arrow IPC)."""
 
     def __init__(self, url: str, api_key: str | None = None, timeout: float = 120.0) -> None:
@@ -151,12 +158,6 @@ class RemoteClient:
 
     def close(self) -> None:
         self.http.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def _params(**kw) -> dict:

@@ -167,6 +167,19 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
+def freeze_startup_objects() -> None:
+    """Move everything start-up built (modules, settings, tables, the app) out of the garbage collector's view.
+
+    A full collection walks every tracked object while holding the GIL; measured under `k2 up` at 5,000 trades/s
+    those walks took 40-80 ms and were the longest stalls of the API and the feeds. Objects created later are
+    collected as usual; frozen ones are still freed by reference counting.
+    """
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
 async def start_api(ctx, host: str, port: int) -> ApiServer:
     from k2.api.app import create_app
 
@@ -186,10 +199,7 @@ async def serve(settings, stop: asyncio.Event, host: str | None = None, port: in
         ctx = build_context(settings, store, mode="serve")
         server = await start_api(ctx, host or settings.api.host, settings.api.port if port is None else port)
         print(f"k2 serve: {server.url} (dashboard {server.url}/, API docs {server.url}/docs)", flush=True)
-        import gc
-
-        gc.collect()
-        gc.freeze()  # see k2.cli._freeze_startup_objects
+        freeze_startup_objects()
         if on_ready is not None:
             on_ready(server)
         try:

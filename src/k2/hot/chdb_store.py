@@ -302,10 +302,7 @@ class ChdbStore:
             self._max_id = None  # the statement may have removed trades
 
     def query_arrow(self, sql: str) -> pa.Table:
-        try:
-            return self._session.query(sql, "ArrowTable")
-        except Exception as exc:
-            raise QueryFailed(_clean(str(exc))) from exc
+        return _query_arrow(self._session, sql)
 
     def query_arrow_over(self, sql: str, table: pa.Table) -> pa.Table:
         """Trusted query over an Arrow table, named ``Python(table)`` in ``sql`` (chdb reads it in place)."""
@@ -315,19 +312,7 @@ class ChdbStore:
             raise QueryFailed(_clean(str(exc))) from exc
 
     def query_text(self, sql: str, fmt: str) -> str:
-        try:
-            res = self._session.query(sql, fmt)
-        except Exception as exc:
-            self._clear()
-            raise QueryFailed(_clean(str(exc))) from exc
-        return res.bytes().decode("utf-8", "replace") if hasattr(res, "bytes") else str(res)
-
-    def _clear(self) -> None:
-        # chdb was seen returning a failed query's leftover result to the next query (engine-notes.md)
-        try:
-            self._session.query("SELECT 1", "TabSeparated")
-        except Exception:
-            pass
+        return _query_text(self._session, sql, fmt)
 
     def readers(self, size: int = 4) -> "ReaderPool":
         """Read connections of their own (the API's): chdb runs one query at a time per connection, so reads on
@@ -386,23 +371,16 @@ class ReaderPool:
     def query_arrow(self, sql: str) -> pa.Table:
         sess = self._take()
         try:
-            return sess.query(sql, "ArrowTable")
-        except Exception as exc:
-            _clear(sess)
-            raise QueryFailed(_clean(str(exc))) from exc
+            return _query_arrow(sess, sql)
         finally:
             self._free.put(sess)
 
     def query_text(self, sql: str, fmt: str) -> str:
         sess = self._take()
         try:
-            res = sess.query(sql, fmt)
-        except Exception as exc:
-            _clear(sess)
-            raise QueryFailed(_clean(str(exc))) from exc
+            return _query_text(sess, sql, fmt)
         finally:
             self._free.put(sess)
-        return res.bytes().decode("utf-8", "replace") if hasattr(res, "bytes") else str(res)
 
     def close(self) -> None:
         with self._lock:
@@ -413,6 +391,23 @@ class ReaderPool:
                 except Exception:
                     pass
             self._all.clear()
+
+
+def _query_arrow(sess, sql: str) -> pa.Table:
+    try:
+        return sess.query(sql, "ArrowTable")
+    except Exception as exc:
+        _clear(sess)
+        raise QueryFailed(_clean(str(exc))) from exc
+
+
+def _query_text(sess, sql: str, fmt: str) -> str:
+    try:
+        res = sess.query(sql, fmt)
+    except Exception as exc:
+        _clear(sess)
+        raise QueryFailed(_clean(str(exc))) from exc
+    return res.bytes().decode("utf-8", "replace") if hasattr(res, "bytes") else str(res)
 
 
 def _clear(sess) -> None:

@@ -26,13 +26,10 @@ from k2.hot.chdb_store import sql_str
 from k2.hot.ddl import DEC, TIMEFRAME_SECONDS, TIMEFRAMES
 from k2.model.instrument import EXCHANGES, InstrumentTable
 
-#: ClickHouse output settings of every JSON answer: exact decimals as strings, integers as numbers
-JSON_SETTINGS = (
-    "output_format_json_quote_decimals = 1, output_format_json_quote_64bit_integers = 0, "
-    "output_format_json_array_of_rows = 1"
-)
-#: the same, one object per line (answers assembled from rows)
+#: ClickHouse output settings of every JSON answer: exact decimals as strings, integers as numbers; one object per
+#: line (answers assembled from rows), or one JSON array
 JSON_ROW_SETTINGS = "output_format_json_quote_decimals = 1, output_format_json_quote_64bit_integers = 0"
+JSON_SETTINGS = JSON_ROW_SETTINGS + ", output_format_json_array_of_rows = 1"
 MAX_TF_SECONDS = 366 * 86_400
 #: Monday 1970-01-05 00:00 UTC: weeks start on Mondays (the epoch was a Thursday)
 WEEK_OFFSET_S = 4 * 86_400
