@@ -62,6 +62,8 @@ LINES = [
     b'{"exchange":"binance","ts_recv":1784073600002011,"frame":"control \\u0001 char"}',
     b'{"exchange":"binance","ts_recv":1784073600002012,"frame":"x"} trailing',
     b'{"exchange":"binance","ts_recv":1784073600002013,"frame":"crlf"}\r',
+    # the frame (with escapes) and the connection before the exchange: read through the scanner's scratch buffer
+    b'{"conn":"c\\u00e9","frame":"{\\"p\\":\\"1.5\\"}","ts_recv":1784073600002014,"exchange":"kraken"}',
 ]
 
 
@@ -72,6 +74,7 @@ def test_tricky_lines_same_on_both_readers(tmp_path):
     frames = out["binance"][0] + out["kraken"][0] + out["coinbase"][0]
     assert '{"e":"trade"}' in frames and "café \U0001F600 / \t \\ \"" in frames and "raw é non-ascii" in frames
     assert "crlf" in frames
+    assert ('{"p":"1.5"}', 1784073600002014, "c\u00e9") in zip(*out["kraken"])
     reasons = "\n".join(r for *_, r, _ in bad)
     assert "invalid UTF-8" in reasons and "unknown exchange 'nasdaq'" in reasons and "ts_recv out of range" in reasons
     assert len(bad) == 8, reasons

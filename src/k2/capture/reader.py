@@ -126,60 +126,75 @@ def _prefetch(chunks: Iterator[CaptureChunk], depth: int = 3) -> Iterator[Captur
 
 
 def _read_blocks(path, _scan, block: int) -> Iterator[CaptureChunk]:
-    """The C scanner decodes whole blocks of lines into Arrow buffers; msgspec takes the lines it leaves."""
+    """The C scanner decodes whole blocks of lines into Arrow buffers; msgspec takes the lines it leaves.
+
+    The decompressed text goes into one reused buffer (``readinto``): a fresh ``bytes`` per block, joined with
+    the previous block's tail and sliced again, cost three copies of every byte and the page faults of new
+    memory, about as much CPU as the decompression itself. A line longer than the buffer grows it.
+    """
     line_no = 0
-    carry = b""
+    buf = bytearray(block)
+    view = memoryview(buf)
+    filled = 0
     with open_capture(path) as fh:
         while True:
-            try:
-                data = fh.read(block)
-            except (OSError, EOFError, ValueError) as exc:
-                raise CaptureError(f"{path}: unreadable after line {line_no}: {exc}") from exc
-            if not data:
-                if carry:
-                    yield _scan_block(_scan, carry, line_no)
-                return
-            data = carry + data
-            cut = data.rfind(b"\n")
-            if cut < 0:
-                carry = data
-                continue
-            carry = data[cut + 1 :]
-            chunk = _scan_block(_scan, data[: cut + 1], line_no)
+            if filled == len(buf):  # no line end in a full buffer: a line longer than the block
+                view.release()
+                buf.extend(bytes(len(buf)))
+                view = memoryview(buf)
+            eof = False
+            while filled < len(buf):
+                try:
+                    k = fh.readinto(view[filled:])
+                except (OSError, EOFError, ValueError) as exc:
+                    raise CaptureError(f"{path}: unreadable after line {line_no}: {exc}") from exc
+                if not k:
+                    eof = True
+                    break
+                filled += k
+            if eof:
+                if not filled:
+                    return
+                cut = filled - 1  # the last line may have no line end
+            else:
+                cut = buf.rfind(b"\n", 0, filled)
+                if cut < 0:
+                    continue
+            chunk = _scan_block(_scan, view[: cut + 1], line_no)
             line_no += chunk.lines
+            rest = filled - (cut + 1)
+            buf[:rest] = buf[cut + 1 : filled]
+            filled = rest
             yield chunk
+            if eof:
+                return
 
 
 _EX_CODES = {1: "binance", 2: "kraken", 3: "coinbase"}
 
 
-def _scan_block(_scan, data: bytes, line_no: int) -> CaptureChunk:
-    n, status, exch, ts, conn, conn_off, frame, frame_off, bounds = _scan.scan_capture(data, MIN_TS_US, MAX_TS_RECV_US)
-    status = np.frombuffer(status, dtype=np.uint8)
-    exch = np.frombuffer(exch, dtype=np.uint8)
-    ts_arr = np.frombuffer(ts, dtype=np.int64)
-    frames = pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(frame_off), pa.py_buffer(frame)])
-    conns = pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(conn_off), pa.py_buffer(conn)])
+def _scan_block(_scan, data, line_no: int) -> CaptureChunk:
+    """``data``: complete lines (bytes or a view of the reader's buffer; nothing returned refers to it)."""
+    n, fallback, groups = _scan.scan_capture(data, MIN_TS_US, MAX_TS_RECV_US)
     bad: list[BadLine] = []
     extra: dict[str, list[tuple[int, CaptureLine]]] = {}
-    rest = np.flatnonzero(status == 1)
-    if len(rest):
-        lines = np.frombuffer(bounds, dtype=np.int64).reshape(-1, 2)
-        for i in rest:
-            raw = data[lines[i, 0] : lines[i, 1]]
-            rec = _decode_line(raw, line_no + int(i) + 1, bad)
-            if rec is not None:
-                extra.setdefault(rec.exchange, []).append((int(i), rec))
+    for i, a, b in np.frombuffer(fallback, dtype=np.int64).reshape(-1, 3).tolist():
+        rec = _decode_line(bytes(data[a:b]), line_no + i + 1, bad)
+        if rec is not None:
+            extra.setdefault(rec.exchange, []).append((i, rec))
     by_ex: dict[str, ExchangeFrames] = {}
     for code, exchange in _EX_CODES.items():
-        idx = np.flatnonzero((status == 0) & (exch == code))
+        count, lines, ts, conn, conn_off, frame, frame_off = groups[code - 1]
         more = extra.get(exchange, [])
-        if not len(idx) and not more:
+        if not count and not more:
             continue
-        take = pa.array(idx, pa.int64())
-        group = ExchangeFrames(frames.take(take), ts_arr[idx], conns.take(take))
+        group = ExchangeFrames(
+            pa.Array.from_buffers(pa.string(), count, [None, pa.py_buffer(frame_off), pa.py_buffer(frame)]),
+            np.frombuffer(ts, dtype=np.int64),
+            pa.Array.from_buffers(pa.string(), count, [None, pa.py_buffer(conn_off), pa.py_buffer(conn)]),
+        )
         if more:  # lines the C scanner left but msgspec accepted: merge back in file order
-            pos = np.concatenate([idx, np.array([i for i, _ in more], dtype=np.int64)])
+            pos = np.concatenate([np.frombuffer(lines, dtype=np.int64), np.array([i for i, _ in more], dtype=np.int64)])
             order = np.argsort(pos, kind="stable")
             f = pa.concat_arrays([group.frames, pa.array([r.frame for _, r in more], pa.string())])
             c = pa.concat_arrays([group.conn, pa.array([r.conn or "" for _, r in more], pa.string())])

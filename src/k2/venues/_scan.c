@@ -834,10 +834,18 @@ fail:
 
 /* ---------------------------------------------------------------- capture lines */
 
-/* RFC 3629 UTF-8 validation */
+/* RFC 3629 UTF-8 validation; eight ASCII bytes at a time */
 static int utf8_valid(const unsigned char *s, Py_ssize_t n) {
     Py_ssize_t i = 0;
     while (i < n) {
+        if (i + 8 <= n) {
+            uint64_t w;
+            memcpy(&w, s + i, 8);
+            if (!(w & 0x8080808080808080ULL)) {
+                i += 8;
+                continue;
+            }
+        }
         unsigned char c = s[i];
         if (c < 0x80) { i++; continue; }
         int len;
@@ -872,111 +880,156 @@ static int hex4(const char *p, uint32_t *v) {
     return 1;
 }
 
-/* a JSON string, unescaped into out (the line is already known to be valid UTF-8) */
-static int str_unescape(cur_t *c, buf_t *out) {
+/* bytes that end a plain run inside a JSON string: the quote, the backslash and control characters */
+static unsigned char STR_STOP[256];
+
+/* whether any of eight bytes is a quote, a backslash or a control character (bit tricks on a 64-bit word:
+ * a byte b is flagged when b - x borrows and b has its high bit clear) */
+static inline int stop8(uint64_t v) {
+    const uint64_t ones = 0x0101010101010101ULL, high = 0x8080808080808080ULL;
+    uint64_t q = v ^ (ones * '"'), b = v ^ (ones * '\\');
+    return (((q - ones) & ~q) | ((b - ones) & ~b) | ((v - ones * 0x20) & ~v)) & high ? 1 : 0;
+}
+
+/*
+ * A JSON string (the line is already known to be valid UTF-8), unescaped to *o, which is advanced. The caller
+ * guarantees room for as many bytes as the string's text has: unescaping never lengthens a string (an escape
+ * of 2, 6 or 12 bytes becomes 1 to 4 bytes). 1 = read, 0 = not for this path.
+ */
+static int str_unescape(cur_t *c, char **o) {
     if (!expect(c, '"')) return 0;
-    const char *run = c->p;
-    while (c->p < c->end) {
-        unsigned char ch = (unsigned char)*c->p;
-        if (ch == '"') {
-            if (!buf_put(out, run, c->p - run)) return -1;
-            c->p++;
-            return 1;
+    const unsigned char *p = (const unsigned char *)c->p, *end = (const unsigned char *)c->end;
+    char *w = *o;
+    for (;;) {
+        while (end - p >= 8) { /* eight plain bytes at a time */
+            uint64_t v;
+            memcpy(&v, p, 8);
+            if (stop8(v)) break;
+            memcpy(w, &v, 8);
+            w += 8;
+            p += 8;
         }
-        if (ch < 0x20) return 0;
-        if (ch != '\\') {
-            c->p++;
-            continue;
+        while (p < end && !STR_STOP[*p]) *w++ = (char)*p++;
+        if (p >= end) return 0;
+        if (*p == '"') {
+            p++;
+            break;
         }
-        if (!buf_put(out, run, c->p - run)) return -1;
-        if (c->p + 1 >= c->end) return 0;
-        char e = c->p[1];
-        char one;
-        switch (e) {
-            case '"': one = '"'; break;
-            case '\\': one = '\\'; break;
-            case '/': one = '/'; break;
-            case 'b': one = '\b'; break;
-            case 'f': one = '\f'; break;
-            case 'n': one = '\n'; break;
-            case 'r': one = '\r'; break;
-            case 't': one = '\t'; break;
+        if (*p != '\\' || p + 1 >= end) return 0; /* a control character, or a dangling backslash */
+        switch (p[1]) {
+            case '"': *w++ = '"'; break;
+            case '\\': *w++ = '\\'; break;
+            case '/': *w++ = '/'; break;
+            case 'b': *w++ = '\b'; break;
+            case 'f': *w++ = '\f'; break;
+            case 'n': *w++ = '\n'; break;
+            case 'r': *w++ = '\r'; break;
+            case 't': *w++ = '\t'; break;
             case 'u': {
                 uint32_t cp, lo;
-                if (c->end - c->p < 6 || !hex4(c->p + 2, &cp)) return 0;
-                c->p += 6;
+                if (end - p < 6 || !hex4((const char *)p + 2, &cp)) return 0;
+                p += 6;
                 if (cp >= 0xDC00 && cp <= 0xDFFF) return 0; /* lone low surrogate */
                 if (cp >= 0xD800 && cp <= 0xDBFF) {
-                    if (c->end - c->p < 6 || c->p[0] != '\\' || c->p[1] != 'u' || !hex4(c->p + 2, &lo) || lo < 0xDC00 ||
+                    if (end - p < 6 || p[0] != '\\' || p[1] != 'u' || !hex4((const char *)p + 2, &lo) || lo < 0xDC00 ||
                         lo > 0xDFFF)
                         return 0; /* lone high surrogate */
                     cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-                    c->p += 6;
+                    p += 6;
                 }
-                char u[4];
-                int k;
-                if (cp < 0x80) { u[0] = (char)cp; k = 1; }
-                else if (cp < 0x800) { u[0] = (char)(0xC0 | (cp >> 6)); u[1] = (char)(0x80 | (cp & 0x3F)); k = 2; }
-                else if (cp < 0x10000) {
-                    u[0] = (char)(0xE0 | (cp >> 12)); u[1] = (char)(0x80 | ((cp >> 6) & 0x3F)); u[2] = (char)(0x80 | (cp & 0x3F)); k = 3;
+                if (cp < 0x80) *w++ = (char)cp;
+                else if (cp < 0x800) {
+                    *w++ = (char)(0xC0 | (cp >> 6));
+                    *w++ = (char)(0x80 | (cp & 0x3F));
+                } else if (cp < 0x10000) {
+                    *w++ = (char)(0xE0 | (cp >> 12));
+                    *w++ = (char)(0x80 | ((cp >> 6) & 0x3F));
+                    *w++ = (char)(0x80 | (cp & 0x3F));
                 } else {
-                    u[0] = (char)(0xF0 | (cp >> 18)); u[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
-                    u[2] = (char)(0x80 | ((cp >> 6) & 0x3F)); u[3] = (char)(0x80 | (cp & 0x3F)); k = 4;
+                    *w++ = (char)(0xF0 | (cp >> 18));
+                    *w++ = (char)(0x80 | ((cp >> 12) & 0x3F));
+                    *w++ = (char)(0x80 | ((cp >> 6) & 0x3F));
+                    *w++ = (char)(0x80 | (cp & 0x3F));
                 }
-                if (!buf_put(out, u, k)) return -1;
-                run = c->p;
                 continue;
             }
             default:
                 return 0;
         }
-        if (!buf_put(out, &one, 1)) return -1;
-        c->p += 2;
-        run = c->p;
+        p += 2;
     }
-    return 0;
+    c->p = (const char *)p;
+    *o = w;
+    return 1;
 }
 
+/* the columns of one exchange's lines in a capture block */
+typedef struct {
+    PyObject *frame; /* bytes with room for the whole block; trimmed to what was written at the end */
+    char *fw;        /* where the next frame's text goes */
+    buf_t frameoff, conn, connoff, ts, line;
+    Py_ssize_t n;
+} exout_t;
+
 /*
- * scan_capture(block, min_ts, max_ts) over complete capture lines.
- * status per line: 0 = decoded here, 1 = for the general path (any doubt), 2 = blank.
- * Returns (n, status, exchange, ts_recv, conn_data, conn_offsets, frame_data, frame_offsets, line_bounds).
+ * scan_capture(block, min_ts, max_ts) over complete capture lines (any object with the buffer protocol).
+ *
+ * Lines are split by exchange as they are read, so each exchange's frames come out as one Arrow utf8 column
+ * (data + int32 offsets) with no gather afterwards. A frame is unescaped straight into its exchange's column
+ * when "exchange" comes before "frame" in the line (the writer's order), else through a scratch buffer.
+ * Returns (n, fallback, groups):
+ *   n         lines in the block, blank ones included
+ *   fallback  int64 triples (line index, start, end) of the lines left to the general path (any doubt)
+ *   groups    per exchange (binance, kraken, coinbase): (count, line index int64, ts_recv int64, conn data,
+ *             conn int32 offsets, frame data, frame int32 offsets)
  */
 static PyObject *scan_capture(PyObject *self, PyObject *args) {
     Py_buffer in;
     long long min_ts, max_ts;
     if (!PyArg_ParseTuple(args, "y*LL", &in, &min_ts, &max_ts)) return NULL;
-    buf_t status = {0}, exch = {0}, ts = {0}, conn = {0}, connoff = {0}, frame = {0}, frameoff = {0}, bounds = {0};
-    const char *p = (const char *)in.buf, *end = p + in.len;
-    Py_ssize_t n = 0;
+    if (in.len > 0x7fff0000) {
+        PyBuffer_Release(&in);
+        PyErr_SetString(PyExc_ValueError, "capture block too large");
+        return NULL;
+    }
+    exout_t ex[3];
+    memset(ex, 0, sizeof ex);
+    buf_t fallback = {0}, scratch = {0}, conn_scratch = {0};
+    int oom = 0;
     int32_t zero = 0;
-    int oom = !buf_put(&connoff, &zero, 4) || !buf_put(&frameoff, &zero, 4), too_large = 0;
+    for (int e = 0; e < 3 && !oom; e++) {
+        ex[e].frame = PyBytes_FromStringAndSize(NULL, in.len);
+        if (!ex[e].frame) oom = 1;
+        else ex[e].fw = PyBytes_AS_STRING(ex[e].frame);
+        if (!oom && (!buf_put(&ex[e].frameoff, &zero, 4) || !buf_put(&ex[e].connoff, &zero, 4))) oom = 1;
+    }
+    const char *base = (const char *)in.buf, *p = base, *end = p + in.len;
+    Py_ssize_t n = 0;
     Py_BEGIN_ALLOW_THREADS
-    while (p < end && !oom && !too_large) {
+    while (p < end && !oom) {
         const char *nl = memchr(p, '\n', end - p);
-        const char *le = nl ? nl : end;
-        int64_t b[2] = {p - (const char *)in.buf, le - (const char *)in.buf};
-        const char *q = p;
+        const char *q = p, *le = nl ? nl : end;
         p = nl ? nl + 1 : end;
-        Py_ssize_t c_mark = conn.len, f_mark = frame.len;
-        uint8_t st = 1, ex = 0;
+        Py_ssize_t line = n++;
+        const char *ls = q;
+        while (ls < le && (*ls == ' ' || *ls == '\t' || *ls == '\r')) ls++;
+        if (ls == le) continue; /* blank */
+        int ok = 0, x = -1;
         int64_t t = 0;
-        const char *ls = q, *lend = le;
-        while (ls < lend && (*ls == ' ' || *ls == '\t' || *ls == '\r')) ls++;
-        if (ls == lend) {
-            st = 2;
-        } else if (utf8_valid((const unsigned char *)q, le - q)) {
+        char *fstart = NULL, *fend = NULL; /* the frame, if written into its exchange's column */
+        Py_ssize_t sframe = -1, sconn = -1; /* the frame / conn in the scratch buffers: their lengths */
+        if (utf8_valid((const unsigned char *)q, le - q)) {
             cur_t c = {q, le};
-            int first = 1, rc, seen = 0, bad = 0;
+            int first = 1, rc = -1, seen = 0, bad = 0;
             const char *k, *s;
             Py_ssize_t kn, sn;
             if (!expect(&c, '{')) bad = 1;
             while (!bad && (rc = next_key(&c, &first, &k, &kn)) == 1) {
                 if (KEY("exchange")) {
                     if (seen & 1 || !str_plain(&c, &s, &sn)) { bad = 1; break; }
-                    if (TEXT(s, sn, "binance")) ex = K_BINANCE;
-                    else if (TEXT(s, sn, "kraken")) ex = K_KRAKEN;
-                    else if (TEXT(s, sn, "coinbase")) ex = K_COINBASE;
+                    if (TEXT(s, sn, "binance")) x = 0;
+                    else if (TEXT(s, sn, "kraken")) x = 1;
+                    else if (TEXT(s, sn, "coinbase")) x = 2;
                     else { bad = 1; break; }
                     seen |= 1;
                 } else if (KEY("ts_recv")) {
@@ -985,14 +1038,24 @@ static PyObject *scan_capture(PyObject *self, PyObject *args) {
                     t = (int64_t)v;
                     seen |= 2;
                 } else if (KEY("frame")) {
-                    int r;
-                    if (seen & 4 || (r = str_unescape(&c, &frame)) != 1) { oom = r < 0; bad = 1; break; }
+                    if (seen & 4) { bad = 1; break; }
+                    if (x >= 0) {
+                        fstart = fend = ex[x].fw;
+                        if (!str_unescape(&c, &fend)) { bad = 1; break; }
+                    } else {
+                        if (!buf_reserve(&scratch, le - c.p)) { oom = 1; bad = 1; break; }
+                        char *w = scratch.p;
+                        if (!str_unescape(&c, &w)) { bad = 1; break; }
+                        sframe = w - scratch.p;
+                    }
                     seen |= 4;
                 } else if (KEY("conn")) {
-                    int r;
                     if (seen & 8) { bad = 1; break; }
                     if (peek(&c) == '"') {
-                        if ((r = str_unescape(&c, &conn)) != 1) { oom = r < 0; bad = 1; break; }
+                        if (!buf_reserve(&conn_scratch, le - c.p)) { oom = 1; bad = 1; break; }
+                        char *w = conn_scratch.p;
+                        if (!str_unescape(&c, &w)) { bad = 1; break; }
+                        sconn = w - conn_scratch.p;
                     } else if (!skip_literal(&c, "null")) { bad = 1; break; }
                     seen |= 8;
                 } else if (!skip_value(&c, 0)) {
@@ -1001,32 +1064,57 @@ static PyObject *scan_capture(PyObject *self, PyObject *args) {
             }
             if (!bad && rc == 0 && (seen & 7) == 7) {
                 while (c.p < c.end && (*c.p == ' ' || *c.p == '\t' || *c.p == '\r')) c.p++;
-                if (c.p == c.end) st = 0;
+                ok = c.p == c.end;
             }
         }
-        if (st != 0) {
-            conn.len = c_mark;
-            frame.len = f_mark;
+        if (oom) break;
+        if (!ok) {
+            int64_t tri[3] = {(int64_t)line, (int64_t)(q - base), (int64_t)(le - base)};
+            if (!buf_put(&fallback, tri, 24)) oom = 1;
+            continue; /* nothing was committed: the exchange's write position did not move */
         }
-        int32_t co = (int32_t)conn.len, fo = (int32_t)frame.len;
-        if (!buf_put(&status, &st, 1) || !buf_put(&exch, &ex, 1) || !buf_put(&ts, &t, 8) || !buf_put(&connoff, &co, 4) ||
-            !buf_put(&frameoff, &fo, 4) || !buf_put(&bounds, b, 16))
+        exout_t *o = &ex[x];
+        if (fstart == NULL) { /* the frame came before the exchange: from scratch into the column */
+            memcpy(o->fw, scratch.p, (size_t)sframe);
+            fend = o->fw + sframe;
+        }
+        o->fw = fend;
+        int32_t fo = (int32_t)(o->fw - PyBytes_AS_STRING(o->frame));
+        if (sconn > 0 && !buf_put(&o->conn, conn_scratch.p, sconn)) oom = 1;
+        int32_t co = (int32_t)o->conn.len;
+        int64_t li = (int64_t)line;
+        if (!buf_put(&o->frameoff, &fo, 4) || !buf_put(&o->connoff, &co, 4) || !buf_put(&o->ts, &t, 8) ||
+            !buf_put(&o->line, &li, 8))
             oom = 1;
-        if (frame.len > 0x7fff0000 || conn.len > 0x7fff0000) too_large = 1;
-        n++;
+        o->n++;
     }
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&in);
-    buf_t *all[] = {&status, &exch, &ts, &conn, &connoff, &frame, &frameoff, &bounds};
-    if (too_large || oom) {
-        free_all(all, 8);
-        if (too_large) PyErr_SetString(PyExc_ValueError, "capture block too large");
-        else PyErr_NoMemory();
-        return NULL;
+    free(scratch.p);
+    free(conn_scratch.p);
+    PyObject *groups = oom ? NULL : PyTuple_New(3);
+    for (int e = 0; e < 3; e++) {
+        exout_t *o = &ex[e];
+        PyObject *g = NULL;
+        if (groups && o->frame) {
+            Py_ssize_t used = o->fw - PyBytes_AS_STRING(o->frame);
+            if (_PyBytes_Resize(&o->frame, used) == 0) {
+                g = Py_BuildValue("(nNNNNNN)", o->n, bytes_of(&o->line), bytes_of(&o->ts), bytes_of(&o->conn),
+                                  bytes_of(&o->connoff), o->frame, bytes_of(&o->frameoff));
+                o->frame = NULL; /* stolen by the tuple */
+            }
+        }
+        if (g) PyTuple_SET_ITEM(groups, e, g);
+        else if (groups) Py_CLEAR(groups);
+        buf_t *all[] = {&o->frameoff, &o->conn, &o->connoff, &o->ts, &o->line};
+        free_all(all, 5);
+        Py_XDECREF(o->frame);
     }
-
-    return Py_BuildValue("(nNNNNNNNN)", n, bytes_of(&status), bytes_of(&exch), bytes_of(&ts), bytes_of(&conn),
-                         bytes_of(&connoff), bytes_of(&frame), bytes_of(&frameoff), bytes_of(&bounds));
+    if (!groups) {
+        free(fallback.p);
+        return PyErr_Occurred() ? NULL : PyErr_NoMemory();
+    }
+    return Py_BuildValue("(nNN)", n, bytes_of(&fallback), groups);
 }
 
 static PyMethodDef methods[] = {
@@ -1035,7 +1123,7 @@ static PyMethodDef methods[] = {
     {"scan_arrow", scan_arrow, METH_VARARGS,
      "scan_arrow(kind, offsets, data, n, offset, adv_side_is_maker=True): scan over an Arrow utf8 array"},
     {"scan_capture", scan_capture, METH_VARARGS,
-     "scan_capture(block, min_ts, max_ts) -> (n, status, exchange, ts_recv, conn, conn_off, frame, frame_off, bounds)"},
+     "scan_capture(block, min_ts, max_ts) -> (n, fallback, groups); see the comment above its definition"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_scan", "Fast path for common trade frame shapes.", -1,
@@ -1044,6 +1132,8 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_scan", "Fast path f
 PyMODINIT_FUNC PyInit__scan(void) {
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
+    STR_STOP['"'] = STR_STOP['\\'] = 1;
+    for (int ch = 0; ch < 0x20; ch++) STR_STOP[ch] = 1;
     PyModule_AddIntConstant(m, "BINANCE", K_BINANCE);
     PyModule_AddIntConstant(m, "KRAKEN", K_KRAKEN);
     PyModule_AddIntConstant(m, "COINBASE", K_COINBASE);
