@@ -14,7 +14,7 @@ Example ``k2.toml``::
     binance_ws_url = "wss://data-stream.binance.vision"   # every endpoint: K2_<EXCHANGE>_WS_URL / _REST_URL
 
     [writer]
-    max_rows = 500000
+    max_rows = 1200000
 
     [feeds]
     backoff_max_s = 60
@@ -53,7 +53,9 @@ class InstrumentSpec(_Frozen):
 
 
 class WriterSettings(_Frozen):
-    max_rows: int = Field(500_000, ge=1, description="rows per insert before the writer flushes")
+    max_rows: int = Field(
+        1_200_000, ge=1, description="rows (trades and raw frames) per insert at most; live feeds flush by max_delay_ms"
+    )
     max_delay_ms: int = Field(250, ge=1, le=60_000, description="oldest unflushed row, at most")
     store_raw: bool = Field(True, description="keep every frame in the raw layer")
 

@@ -43,7 +43,7 @@ class HotWriter:
         store: HotStore,
         bus: Bus,
         *,
-        max_rows: int = 500_000,
+        max_rows: int = 1_200_000,
         max_delay: float = 0.25,
         store_raw: bool = True,
         retries: int = 5,
