@@ -52,3 +52,59 @@ def test_a_later_gap_row_replaces_the_earlier_one(store):
     rows = store.query_arrow("SELECT symbol, first_missing_id, last_missing_id, filled, status, missing, recovered FROM gaps").to_pylist()
     assert rows == [{"symbol": "BTC-USD", "first_missing_id": 11, "last_missing_id": 13, "filled": True,
                      "status": "filled", "missing": 0, "recovered": 3}]
+
+
+def test_migration_6_converts_tuple_keyed_candles_and_later_trades_still_order_by_time_then_id(tmp_path, monkeypatch):
+    """A store written before migration 6 (open/close keyed on the tuple) is converted in place: every candle keeps
+    its values, and trades inserted afterwards, earlier and later in the same buckets and tying on time, still pick
+    open and close by (time, trade id), across converted and new states. Buckets whose trades retention has dropped
+    keep their candles (converted, not rebuilt)."""
+    from decimal import Decimal
+
+    import k2.hot.chdb_store as cs
+    from k2.hot import ddl
+    from k2.model.trade import Trade
+    from tests.candles import normalize, recompute, stored
+    from tests.hot.test_candles_property import T0, to_table
+
+    def trade(i, ts, price):
+        return Trade("binance", "BTC-USDT", "BTCUSDT", i, Decimal(price), Decimal("0.5"), "buy", ts, ts)
+
+    before = [trade(i, T0 + (i % 7) * 15_000_000 + (i // 7) * 60_000_000, f"{100 + i}.25") for i in range(10, 60)]
+    gone = [trade(i, T0 + 40 * 86_400_000_000 + i, f"{300 + i}.5") for i in range(1, 5)]  # a later month
+    monkeypatch.setattr(cs, "MIGRATIONS", {v: m for v, m in ddl.MIGRATIONS.items() if v < 6})
+    s = ChdbStore(tmp_path / "d")
+    s.insert_trades(to_table(before[:25]))
+    s.insert_trades(to_table(before[25:] + gone))
+    assert "Tuple" in names(s, "SELECT type FROM system.columns WHERE table = 'ohlcv_1m_store' AND name = 'open'")[0]
+    old = {tf: normalize(stored(s, tf)) for tf, _, _ in TIMEFRAMES}
+    s.execute("DELETE FROM trades_store WHERE trade_id < 5")  # as retention drops them (lightweight DELETE): candles stay
+    s.close()
+    monkeypatch.undo()
+
+    s = ChdbStore(tmp_path / "d")  # migrates 5 -> 6
+    assert names(s, "SELECT max(version) FROM k2_schema_migrations") == [LATEST_VERSION]
+    for tf, _, _ in TIMEFRAMES:
+        assert names(s, f"SELECT type FROM system.columns WHERE table = 'ohlcv_{tf}_store' AND name = 'open'") == [
+            f"AggregateFunction(argMin, Decimal(38, 18), {ddl.ORDER_KEY_TYPE})"
+        ], tf
+        assert normalize(stored(s, tf)) == old[tf], tf
+    leftovers = names(s, "SELECT name FROM system.tables WHERE database = currentDatabase() AND name LIKE 'ohlcv_%_store_v%'")
+    assert leftovers == []
+    # later trades: one before the first trade of a bucket (new open), one after its last (new close), and one tying
+    # on the time of the first with a lower id (it comes first) and a higher id (it does not)
+    first = min(before, key=lambda t: (t.ts, t.trade_id))
+    late = [trade(1_000_000, T0 - 1, "1.5"), trade(1_000_001, T0 + 3 * 60_000_000 - 1, "2.5"),
+            trade(9, first.ts, "3.5"), trade(1_000_002, first.ts, "4.5")]
+    s.insert_trades(to_table(late))
+    check_trades = before + late
+    for tf, _, _ in TIMEFRAMES:
+        got = normalize(stored(s, tf))
+        want = normalize(recompute(check_trades, tf))
+        gone_buckets = normalize(recompute(gone, tf))
+        assert got == {**want, **gone_buckets}, tf
+    for t in ["trades_store"] + [f"ohlcv_{tf}_store" for tf, _, _ in TIMEFRAMES]:
+        s.execute(f"OPTIMIZE TABLE {t} FINAL")
+    for tf, _, _ in TIMEFRAMES:
+        assert normalize(stored(s, tf)) == {**normalize(recompute(check_trades, tf)), **normalize(recompute(gone, tf))}, tf
+    s.close()

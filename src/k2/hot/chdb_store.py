@@ -170,7 +170,10 @@ class ChdbStore:
                 continue
             description, statements = MIGRATIONS[version]
             for stmt in statements:
-                self._exec(stmt)
+                if callable(stmt):
+                    stmt(self._exec, self.query_arrow)
+                else:
+                    self._exec(stmt)
             self._exec(
                 f"INSERT INTO k2_schema_migrations (version, description) VALUES ({version}, {sql_str(description)})"
             )
