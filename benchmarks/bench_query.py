@@ -260,8 +260,11 @@ def ddl_hash() -> str:
 
     from k2.hot.ddl import MIGRATIONS
 
-    text = "\n".join(stmt for _, (_, stmts) in sorted(MIGRATIONS.items()) for stmt in stmts
-                     if "trades" in stmt or "ohlcv" in stmt)
+    import inspect
+
+    # a migration step that is a function (it looks at the store first) is hashed by its source
+    texts = [s if isinstance(s, str) else inspect.getsource(s) for _, (_, stmts) in sorted(MIGRATIONS.items()) for s in stmts]
+    text = "\n".join(t for t in texts if "trades" in t or "ohlcv" in t)
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
