@@ -2,6 +2,11 @@
 
     python benchmarks/bench_replay.py                 # 10M trades across the 34 default pairs, 3 runs per mode
     python benchmarks/bench_replay.py --trades 1000000 --runs 2
+    python benchmarks/bench_replay.py --modes raw --baseline-src /tmp/k2-old/src   # alternate with another tree
+
+With --baseline-src, every run of this tree is followed by a run of the k2 package under that source directory
+(e.g. a `git worktree` of an older commit, C extension built in place), so both are measured in the same minutes:
+this machine's speed moves by tens of percent within minutes.
 
 Each run is the real command (`k2 replay FILE --data-dir FRESH_DIR`) in a child process, so the figure includes
 start-up, capture decompression and parsing, the bus, the hot writer, deduplication, the raw layer (unless
@@ -43,12 +48,13 @@ def capture(trades: int, seed: int) -> Path:
     return path
 
 
-def one_run(path: Path, trades: int, no_raw: bool) -> tuple[float, float]:
+def one_run(path: Path, trades: int, no_raw: bool, src: str | None = None) -> tuple[float, float]:
     data = Path(tempfile.mkdtemp(prefix="k2-bench-replay-"))
+    env = dict(os.environ, PYTHONPATH=src) if src else None
     try:
         cmd = [sys.executable, "-m", "k2", "replay", str(path), "--data-dir", str(data)] + (["--no-raw"] if no_raw else [])
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
         out = proc.stdout.read().decode()
@@ -76,24 +82,30 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--modes", default="raw,no-raw", help="raw (default pipeline) and/or no-raw")
+    ap.add_argument("--baseline-src", help="alternate every run with the k2 under this source directory")
     args = ap.parse_args()
     path = capture(args.trades, args.seed)
     rows = []
     for mode in args.modes.split(","):
-        rates, rss = [], []
+        trees = [(mode, None)] + ([(f"{mode} (baseline {args.baseline_src})", args.baseline_src)] if args.baseline_src else [])
+        got = {label: ([], []) for label, _ in trees}
         for _ in range(args.runs):
-            r, m = one_run(path, args.trades, no_raw=(mode == "no-raw"))
-            rates.append(r)
-            rss.append(m)
-            print(f"  {mode}: {r:,.0f} trades/s, peak RSS {m:,.0f} MiB", file=sys.stderr)
-        rows.append((mode, rates, rss))
+            for label, src in trees:
+                r, m = one_run(path, args.trades, no_raw=(mode == "no-raw"), src=src)
+                got[label][0].append(r)
+                got[label][1].append(m)
+                print(f"  {label}: {r:,.0f} trades/s, peak RSS {m:,.0f} MiB", file=sys.stderr)
+        rows.extend((label, rates, rss) for label, (rates, rss) in got.items())
     print(f"\nmachine: {cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}")
-    print(f"command: python benchmarks/bench_replay.py --trades {args.trades} --runs {args.runs}")
+    extra = (f" --modes {args.modes}" if args.modes != "raw,no-raw" else "") + (
+        f" --baseline-src {args.baseline_src}" if args.baseline_src else "")
+    print(f"command: python benchmarks/bench_replay.py --trades {args.trades} --runs {args.runs}{extra}")
     print(f"capture: {path.name} ({path.stat().st_size / 2**20:,.0f} MiB zstd), {args.trades:,} trades, 34 pairs\n")
     print("| mode | trades/s median | range | peak RSS median (MiB) | target |")
     print("|---|---:|---|---:|---|")
     for mode, rates, rss in rows:
-        label = "k2 replay (raw layer + trades + 6 candle views)" if mode == "raw" else "k2 replay --no-raw (trades + 6 candle views)"
+        label = {"raw": "k2 replay (raw layer + trades + 6 candle views)",
+                 "no-raw": "k2 replay --no-raw (trades + 6 candle views)"}.get(mode, mode)
         print(f"| {label} | {statistics.median(rates):,.0f} | {min(rates):,.0f} - {max(rates):,.0f} | "
               f"{statistics.median(rss):,.0f} | >= 500,000 trades/s, < 2,048 MiB |")
 
