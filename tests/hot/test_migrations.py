@@ -108,3 +108,47 @@ def test_migration_6_converts_tuple_keyed_candles_and_later_trades_still_order_b
     for tf, _, _ in TIMEFRAMES:
         assert normalize(stored(s, tf)) == {**normalize(recompute(check_trades, tf)), **normalize(recompute(gone, tf))}, tf
     s.close()
+
+
+def test_migration_6_stopped_between_its_renames_finishes_on_the_next_open(tmp_path, monkeypatch):
+    """Killed after the old 1m store was renamed away and before the converted one took its name: the next open
+    puts the converted table in place, drops the leftovers, recreates the views, and no candle changes."""
+    from decimal import Decimal
+
+    import k2.hot.chdb_store as cs
+    from k2.hot import ddl
+    from k2.model.trade import Trade
+    from tests.hot.test_candles_property import T0, to_table
+
+    monkeypatch.setattr(cs, "MIGRATIONS", {v: m for v, m in ddl.MIGRATIONS.items() if v < 6})
+    s = ChdbStore(tmp_path / "d")
+    s.insert_trades(to_table([Trade("binance", "BTC-USDT", "BTCUSDT", i, Decimal(100 + i % 17), Decimal("0.5"), "buy",
+                                    T0 + i * 1_000_000, T0) for i in range(1, 300)]))
+    before = {tf: s.query_arrow(f"SELECT * FROM ohlcv_{tf} ORDER BY ALL") for tf, _, _ in TIMEFRAMES}
+
+    class Killed(Exception):
+        pass
+
+    def execute(sql):
+        s._exec(sql)
+        if sql.startswith("RENAME TABLE ohlcv_1m_store TO"):
+            raise Killed
+
+    try:
+        ddl._v6_packed_order_keys(execute, s.query_arrow)
+    except Killed:
+        pass
+    assert names(s, "SELECT name FROM system.tables WHERE name LIKE 'ohlcv_1m_store%' ORDER BY name") == [
+        "ohlcv_1m_store_v5", "ohlcv_1m_store_v6"]
+    s.close()
+    monkeypatch.undo()
+
+    s = ChdbStore(tmp_path / "d")
+    assert names(s, "SELECT name FROM system.tables WHERE name LIKE 'ohlcv_%_store%' ORDER BY name") == sorted(
+        f"ohlcv_{tf}_store" for tf, _, _ in TIMEFRAMES)
+    assert len(names(s, "SELECT name FROM system.tables WHERE name LIKE 'ohlcv_%_mv'")) == len(TIMEFRAMES)
+    for tf, _, _ in TIMEFRAMES:
+        assert s.query_arrow(f"SELECT * FROM ohlcv_{tf} ORDER BY ALL").equals(before[tf]), tf
+    s.insert_trades(to_table([Trade("binance", "BTC-USDT", "BTCUSDT", 1000, Decimal("1"), Decimal("1"), "sell", T0, T0)]))  # before every other trade of the day
+    assert names(s, "SELECT open FROM ohlcv_1d") == [Decimal("1")]
+    s.close()
