@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from k2.errors import ConfigError
+from k2.hot.writer import DEFAULT_MAX_ROWS
 from k2.model.instrument import Instrument, InstrumentTable
 
 
@@ -54,7 +55,7 @@ class InstrumentSpec(_Frozen):
 
 class WriterSettings(_Frozen):
     max_rows: int = Field(
-        1_200_000, ge=1, description="rows (trades and raw frames) per insert at most; live feeds flush by max_delay_ms"
+        DEFAULT_MAX_ROWS, ge=1, description="rows (trades and raw frames) per insert at most; live feeds flush by max_delay_ms"
     )
     max_delay_ms: int = Field(250, ge=1, le=60_000, description="oldest unflushed row, at most")
     store_raw: bool = Field(True, description="keep every frame in the raw layer")

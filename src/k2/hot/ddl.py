@@ -272,10 +272,12 @@ def _v6_packed_order_keys(execute, query) -> None:
         }
         if store not in types and new in types:  # stopped between the two renames
             execute(f"RENAME TABLE {new} TO {store}")
-        elif "Tuple" in types.get(store, "") and not query(f"SELECT count() AS n FROM {store}").to_pylist()[0]["n"]:
+        elif "Tuple" not in types.get(store, ""):
+            pass  # converted already
+        elif not query(f"SELECT count() AS n FROM {store}").to_pylist()[0]["n"]:
             execute(f"DROP TABLE {store}")  # empty (a new store): nothing to convert
             execute(_candle_store(name, ORDER_KEY_TYPE))
-        elif "Tuple" in types.get(store, ""):
+        else:
             execute(f"DROP TABLE IF EXISTS {new}")
             execute(_candle_store(name, ORDER_KEY_TYPE, table=new))
             bad = query(

@@ -21,6 +21,9 @@ from k2.hot.store import HotStore
 
 log = logging.getLogger("k2.writer")
 
+#: rows (trades and raw frames) per insert at most; the default of ``writer.max_rows``
+DEFAULT_MAX_ROWS = 1_200_000
+
 
 @dataclass
 class WriterStats:
@@ -43,7 +46,7 @@ class HotWriter:
         store: HotStore,
         bus: Bus,
         *,
-        max_rows: int = 1_200_000,
+        max_rows: int = DEFAULT_MAX_ROWS,
         max_delay: float = 0.25,
         store_raw: bool = True,
         retries: int = 5,

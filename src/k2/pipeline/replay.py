@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from k2.bus.memory import MemoryBus
 from k2.capture.reader import read_capture
 from k2.hot.store import HotStore
-from k2.hot.writer import HotWriter
+from k2.hot.writer import DEFAULT_MAX_ROWS, HotWriter
 from k2.pipeline.ingest import build_batch, dead_only_batch
 from k2.venues.base import VenueParser
 
@@ -51,7 +51,7 @@ def replay_files(
     *,
     store_raw: bool = True,
     chunk_lines: int = 50_000,
-    writer_rows: int = 1_200_000,
+    writer_rows: int = DEFAULT_MAX_ROWS,
     progress: Callable[[ReplaySummary, str], None] | None = None,
 ) -> ReplaySummary:
     """Replay capture files into ``store``; returns when everything is stored (raises if storing failed)."""

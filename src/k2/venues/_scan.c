@@ -883,13 +883,6 @@ static int hex4(const char *p, uint32_t *v) {
 /* bytes that end a plain run inside a JSON string: the quote, the backslash and control characters */
 static unsigned char STR_STOP[256];
 
-/* whether any of eight bytes is a quote, a backslash or a control character (bit tricks on a 64-bit word:
- * a byte b is flagged when b - x borrows and b has its high bit clear) */
-static inline int stop8(uint64_t v) {
-    const uint64_t ones = 0x0101010101010101ULL, high = 0x8080808080808080ULL;
-    uint64_t q = v ^ (ones * '"'), b = v ^ (ones * '\\');
-    return (((q - ones) & ~q) | ((b - ones) & ~b) | ((v - ones * 0x20) & ~v)) & high ? 1 : 0;
-}
 
 /*
  * A JSON string (the line is already known to be valid UTF-8), unescaped to *o, which is advanced. The caller
@@ -901,14 +894,6 @@ static int str_unescape(cur_t *c, char **o) {
     const unsigned char *p = (const unsigned char *)c->p, *end = (const unsigned char *)c->end;
     char *w = *o;
     for (;;) {
-        while (end - p >= 8) { /* eight plain bytes at a time */
-            uint64_t v;
-            memcpy(&v, p, 8);
-            if (stop8(v)) break;
-            memcpy(w, &v, 8);
-            w += 8;
-            p += 8;
-        }
         while (p < end && !STR_STOP[*p]) *w++ = (char)*p++;
         if (p >= end) return 0;
         if (*p == '"') {
