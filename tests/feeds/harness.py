@@ -27,7 +27,11 @@ FAST_FEEDS = {
     "backoff_reset_s": 1.0,
     "connect_timeout_s": 3.0,
     "ack_timeout_s": 3.0,
-    "binance_stale_s": 1.5,
+    # Binance sends no heartbeat, so once run_with_sim pauses the simulator its watchdog reconnects every
+    # binance_stale_s, and every reconnect reconciles 12 pairs over REST (weight 25 each: 300 of the 100 per second
+    # the limiter grants). At 1.5 s the backfill never went idle again and a slow CI run timed out settling; at 4 s
+    # it drains between reconnects.
+    "binance_stale_s": 4.0,
     "kraken_stale_s": 1.0,
     "coinbase_stale_s": 1.0,
     "symbol_stale_s": 30.0,

@@ -10,7 +10,7 @@ import asyncio
 
 import pytest
 
-from tests.feeds.harness import check_store, run_with_sim
+from tests.feeds.harness import FAST_FEEDS, check_store, run_with_sim
 
 #: (exchange, a busy symbol, another busy symbol) per feed variant
 VENUES = {
@@ -35,8 +35,9 @@ def gauntlet(ex: str, sym: str, sym2: str):
         sim.rest_rate_limit(ex, 2)
         sim.drop_connections(ex)  # disconnect mid-stream; the backfill goes through errors and 429s
         await asyncio.sleep(1.2)
-        sim.stall(ex, 3.0)  # the watchdog must notice
-        await asyncio.sleep(4.0)
+        stall = FAST_FEEDS[f"{ex}_stale_s"] + 2.0
+        sim.stall(ex, stall)  # the watchdog must notice
+        await asyncio.sleep(stall + 1.0)
         sim.announce_shutdown(ex, 0.3)  # reconnect at once
         await asyncio.sleep(1.0)
         sim.refuse_connections(ex, 2)
