@@ -38,6 +38,25 @@ def test_replay_twice_stores_nothing_twice(tmp_path, store, parsers):
     assert count(store, "SELECT count() FROM raw_frames FINAL") == first.frames
 
 
+def test_repeated_lines_in_one_insert_collapse_in_the_raw_layer_and_export(tmp_path, store, parsers):
+    # raw frames are inserted without insert-time deduplication (optimize_on_insert = 0): identical lines of one
+    # insert stay as rows until a merge, and FINAL (which capture export reads with) shows each frame once
+    from k2.capture.export import export_capture
+
+    cap = tmp_path / "c.jsonl"
+    write_synthetic_capture(cap, 2_000, seed=11)
+    lines = cap.read_bytes().splitlines(keepends=True)
+    doubled = tmp_path / "doubled.jsonl"
+    doubled.write_bytes(b"".join(line + line for line in lines))
+    s = replay_files([doubled], store, parsers)
+    assert s.frames == 2 * len(lines) and s.trades_stored == 2_000
+    assert count(store, "SELECT count() FROM raw_frames FINAL") == len(lines)
+    out = tmp_path / "export.jsonl"
+    assert export_capture(store, out, 0, 2**62) == len(lines)
+    got = sorted(json.loads(x)["frame"] for x in out.read_text().splitlines())
+    assert got == sorted(json.loads(x)["frame"] for x in lines)
+
+
 def test_overlapping_files_store_each_trade_once(tmp_path, store, parsers):
     full = tmp_path / "full.jsonl"
     write_synthetic_capture(full, 3_000, seed=5)
