@@ -88,15 +88,13 @@ def main() -> None:
     rows = []
     for mode in args.modes.split(","):
         trees = [(mode, None)] + ([(f"{mode} (baseline {args.baseline_src})", args.baseline_src)] if args.baseline_src else [])
-        got = {label: ([], [], []) for label, _ in trees}
+        got: dict[str, list[tuple[float, float, float]]] = {label: [] for label, _ in trees}
         for _ in range(args.runs):
             for label, src in trees:
                 r, m, cpu = one_run(path, args.trades, no_raw=(mode == "no-raw"), src=src)
-                got[label][0].append(r)
-                got[label][1].append(m)
-                got[label][2].append(cpu)
+                got[label].append((r, m, cpu))
                 print(f"  {label}: {r:,.0f} trades/s, peak RSS {m:,.0f} MiB, {cpu:.1f} CPU-s", file=sys.stderr)
-        rows.extend((label, rates, rss, cpu) for label, (rates, rss, cpu) in got.items())
+        rows.extend((label, *zip(*runs)) for label, runs in got.items())
     print(f"\nmachine: {cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     extra = (f" --modes {args.modes}" if args.modes != "raw,no-raw" else "") + (
         f" --baseline-src {args.baseline_src}" if args.baseline_src else "")

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from k2.capture import CaptureWriter
+from k2.capture.export import export_capture
 from k2.capture.synth import write_synthetic_capture
 from k2.cli import main
 from k2.model.trade import TRADE_SCHEMA, trades_from_table
@@ -41,8 +42,6 @@ def test_replay_twice_stores_nothing_twice(tmp_path, store, parsers):
 def test_repeated_lines_in_one_insert_collapse_in_the_raw_layer_and_export(tmp_path, store, parsers):
     # raw frames are inserted without insert-time deduplication (optimize_on_insert = 0): identical lines of one
     # insert stay as rows until a merge, and FINAL (which capture export reads with) shows each frame once
-    from k2.capture.export import export_capture
-
     cap = tmp_path / "c.jsonl"
     write_synthetic_capture(cap, 2_000, seed=11)
     lines = cap.read_bytes().splitlines(keepends=True)
