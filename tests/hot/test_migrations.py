@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import pytest
+
 from k2.hot.chdb_store import ChdbStore
 from k2.hot.ddl import LATEST_VERSION, TIMEFRAMES
 
@@ -151,4 +153,116 @@ def test_migration_6_stopped_between_its_renames_finishes_on_the_next_open(tmp_p
         assert s.query_arrow(f"SELECT * FROM ohlcv_{tf} ORDER BY ALL").equals(before[tf]), tf
     s.insert_trades(to_table([Trade("binance", "BTC-USDT", "BTCUSDT", 1000, Decimal("1"), Decimal("1"), "sell", T0, T0)]))  # before every other trade of the day
     assert names(s, "SELECT open FROM ohlcv_1d") == [Decimal("1")]
+    s.close()
+
+
+def _schema(store) -> dict[str, tuple]:
+    """Every table and view of the store: its definition (database name taken out) and its columns."""
+    db = names(store, "SELECT currentDatabase()")[0]
+    tables = store.query_arrow(
+        "SELECT name, engine, create_table_query AS q FROM system.tables WHERE database = currentDatabase()"
+    ).to_pylist()
+    columns = store.query_arrow(
+        "SELECT table, name, position, type, default_kind, default_expression, compression_codec "
+        "FROM system.columns WHERE database = currentDatabase() ORDER BY table, position"
+    ).to_pylist()
+    return {
+        t["name"]: (t["engine"], t["q"].replace(f"{db}.", ""), [tuple(c.values())[1:] for c in columns if c["table"] == t["name"]])
+        for t in tables
+    }
+
+
+def test_a_new_store_is_created_at_the_baseline_exactly_as_the_migrations_would_create_it(tmp_path, monkeypatch):
+    """A new store gets ddl.BASELINE in one go instead of replaying every migration: same tables, views, columns,
+    codecs, settings, projections and recorded versions. When a migration is added, bring the baseline up to it."""
+    import k2.hot.chdb_store as cs
+    from k2.hot import ddl
+
+    assert ddl.BASELINE_VERSION == LATEST_VERSION, "add the new migration's effect to ddl.BASELINE"
+    executed: list[str] = []
+    monkeypatch.setattr(cs, "BASELINE_VERSION", -1)  # the chain, as a store created before the baseline existed
+    chain = ChdbStore(tmp_path / "chain")
+    want, want_versions = _schema(chain), names(chain, "SELECT description FROM k2_schema_migrations ORDER BY version")
+    chain.close()
+    monkeypatch.undo()
+
+    real_exec = ChdbStore._exec
+    monkeypatch.setattr(ChdbStore, "_exec", lambda self, sql: (executed.append(sql), real_exec(self, sql))[1])
+    base = ChdbStore(tmp_path / "base")
+    got, got_versions = _schema(base), names(base, "SELECT description FROM k2_schema_migrations ORDER BY version")
+    base.close()
+    assert any(sql == ddl.BASELINE[0] for sql in executed) and not any(sql.startswith("ALTER") for sql in executed)
+    assert sorted(got) == sorted(want)
+    for name in want:
+        assert got[name] == want[name], name
+    assert got_versions == want_versions == [ddl.MIGRATIONS[v][0] for v in sorted(ddl.MIGRATIONS)]
+
+
+@pytest.mark.parametrize("created", [1, 10, None])
+def test_a_baseline_stopped_half_way_is_finished_on_the_next_open(tmp_path, monkeypatch, created):
+    """Killed after the first ``created`` statements of the baseline (None: all of them, before the versions were
+    recorded): the next open finds the baseline begun, runs it again (every statement IF NOT EXISTS) and records
+    the versions; the schema is the one the migrations create."""
+    import k2.hot.chdb_store as cs
+    from k2.hot import ddl
+
+    created = len(ddl.BASELINE) if created is None else created
+    class Killed(Exception):
+        pass
+
+    real_exec = ChdbStore._exec
+    seen = []
+
+    def exec_and_stop(self, sql):
+        if sql in ddl.BASELINE:
+            seen.append(sql)
+        if len(seen) > created or sql.startswith("INSERT INTO k2_schema_migrations"):
+            raise Killed
+        real_exec(self, sql)
+
+    monkeypatch.setattr(ChdbStore, "_exec", exec_and_stop)
+    with pytest.raises(Killed):
+        ChdbStore(tmp_path / "d")
+    monkeypatch.undo()
+    monkeypatch.setattr(cs, "BASELINE_VERSION", -1)
+    reference = ChdbStore(tmp_path / "ref")
+    want = _schema(reference)
+    reference.close()
+    monkeypatch.undo()
+    s = ChdbStore(tmp_path / "d")
+    assert names(s, "SELECT version FROM k2_schema_migrations ORDER BY version") == list(range(1, LATEST_VERSION + 1))
+    assert _schema(s) == want
+    s.close()
+
+
+def test_a_store_whose_first_migration_was_stopped_half_way_goes_on_through_the_migrations(tmp_path, monkeypatch):
+    """An older K2 killed during migration 1 left V1-shaped tables and no version: not the baseline's, so the
+    migrations run over them (the baseline would keep their old codecs and miss raw_frames.ingest_seq)."""
+    import k2.hot.chdb_store as cs
+    from k2.hot import ddl
+
+    monkeypatch.setattr(cs, "BASELINE_VERSION", -1)
+    reference = ChdbStore(tmp_path / "ref")
+    want = _schema(reference)
+    reference.close()
+    monkeypatch.undo()
+
+    class Killed(Exception):
+        pass
+
+    real_exec = ChdbStore._exec
+
+    def exec_v1_part(self, sql):
+        if sql == ddl.V1[12]:  # after the tables and the first candle views of migration 1
+            raise Killed
+        real_exec(self, sql)
+
+    monkeypatch.setattr(cs, "BASELINE_VERSION", -1)
+    monkeypatch.setattr(ChdbStore, "_exec", exec_v1_part)
+    with pytest.raises(Killed):
+        ChdbStore(tmp_path / "d")
+    monkeypatch.undo()
+    s = ChdbStore(tmp_path / "d")
+    assert names(s, "SELECT version FROM k2_schema_migrations ORDER BY version") == list(range(1, LATEST_VERSION + 1))
+    assert _schema(s) == want
     s.close()

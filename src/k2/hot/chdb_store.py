@@ -21,7 +21,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from k2.errors import QueryFailed, RetryableStoreError, StoreError
-from k2.hot.ddl import LATEST_VERSION, MIGRATIONS, MIGRATIONS_TABLE, TIMEFRAMES, candle_rebuild_sql
+from k2.hot.ddl import (
+    BASELINE,
+    BASELINE_VERSION,
+    LATEST_VERSION,
+    MIGRATIONS,
+    MIGRATIONS_TABLE,
+    TIMEFRAMES,
+    candle_rebuild_sql,
+)
 from k2.hot.store import InsertResult
 
 _TRADE_COLUMNS = "exchange, symbol, native_symbol, trade_id, price, qty, side, ts, ts_recv, ingest_seq"
@@ -165,6 +173,16 @@ class ChdbStore:
     def migrate(self) -> int:
         self._exec(MIGRATIONS_TABLE)
         done = set(self.query_arrow("SELECT version FROM k2_schema_migrations")["version"].to_pylist())
+        if not done and max(MIGRATIONS) == BASELINE_VERSION and self._new_or_baseline_begun():
+            # a new store: the latest schema at once (ddl.BASELINE; every statement IF NOT EXISTS, so a baseline
+            # stopped half-way is finished by running it again)
+            for stmt in BASELINE:
+                self._exec(stmt)
+            self._exec(
+                "INSERT INTO k2_schema_migrations (version, description) VALUES "
+                + ", ".join(f"({v}, {sql_str(MIGRATIONS[v][0])})" for v in sorted(MIGRATIONS))
+            )
+            return LATEST_VERSION
         for version in sorted(MIGRATIONS):
             if version in done:
                 continue
@@ -178,6 +196,22 @@ class ChdbStore:
                 f"INSERT INTO k2_schema_migrations (version, description) VALUES ({version}, {sql_str(description)})"
             )
         return LATEST_VERSION
+
+    def _new_or_baseline_begun(self) -> bool:
+        """With no version recorded: True when the store has no table yet, or its tables were begun by the baseline
+        (its first table, raw_frames, has ``ingest_seq``, which migration 1 did not create). A store whose
+        migration 1 was stopped half-way (an older K2) has neither, and goes on through the migrations."""
+        tables = self.query_arrow(
+            "SELECT name FROM system.tables WHERE database = currentDatabase() AND name != 'k2_schema_migrations'"
+        )["name"].to_pylist()
+        if not tables:
+            return True
+        return bool(
+            self.query_arrow(
+                "SELECT count() AS n FROM system.columns WHERE database = currentDatabase() "
+                "AND table = 'raw_frames' AND name = 'ingest_seq'"
+            )["n"][0].as_py()
+        )
 
     # -- writes ---------------------------------------------------------------------------------------
     def insert_trades(self, trades: pa.Table) -> InsertResult:
