@@ -220,9 +220,9 @@ class ChdbStore:
             return InsertResult(0, 0)
         with self._lock:
             batch = trades.combine_chunks()
-            pairs, codes = _pair_codes(batch)  # computed once, used by every step below
-            tid = batch.column("trade_id").to_numpy()
-            rows = np.flatnonzero(_first_occurrences(codes, tid) & self._not_stored(pairs, codes, tid))
+            g = _PairGroups(batch)  # computed once, used by every step below
+            keep = _first_occurrences(g) & self._not_stored(g)
+            rows = np.flatnonzero(keep)
             k = len(rows)
             fresh = None
             if k:
@@ -230,15 +230,20 @@ class ChdbStore:
                 seq = pa.array(np.arange(self._next_seq, self._next_seq + k, dtype=np.uint64))
                 self._insert_arrow(f"INSERT INTO trades_store ({_TRADE_COLUMNS})", fresh.append_column("ingest_seq", seq))
                 self._next_seq += k
-                self._note_max_ids(pairs, codes[rows], tid[rows])
+                self._note_max_ids(g, None if k == n else keep)
             return InsertResult(k, n - k, fresh)
 
-    def _note_max_ids(self, pairs: list[str], codes: np.ndarray, tid: np.ndarray) -> None:
+    def _note_max_ids(self, g: "_PairGroups", keep: np.ndarray | None) -> None:
+        """Raise the cached highest stored id of each pair to the highest id just inserted (``keep``: the rows
+        inserted, None for all)."""
         max_ids = self._stored_max_ids()
-        tops = np.zeros(len(pairs), dtype=np.uint64)
-        np.maximum.at(tops, codes, tid)
-        for code in np.unique(codes):
-            pair, top = pairs[code], int(tops[code])
+        kept = None if keep is None else keep[g.order]
+        for pair, ids, sl in g.groups():
+            if kept is not None:
+                ids = ids[kept[sl]]
+                if not len(ids):
+                    continue
+            top = int(ids[-1]) if g.increasing else int(ids.max())
             if top > max_ids.get(pair, -1):
                 max_ids[pair] = top
 
@@ -286,26 +291,30 @@ class ChdbStore:
             self._max_id = {f"{r['exchange']}{_SEP}{r['symbol']}": r["m"] for r in rows}
         return self._max_id
 
-    def _not_stored(self, pairs: list[str], codes: np.ndarray, tid: np.ndarray) -> np.ndarray:
+    def _not_stored(self, g: "_PairGroups") -> np.ndarray:
         """True for the rows whose (exchange, symbol, trade_id) is not in the store yet.
 
         Ids above the highest stored id of their pair cannot be stored yet, so only the others are looked up,
         through the primary key over the id ranges they cover. (The cache only ever over-estimates after
         deletes, which costs a lookup, never a duplicate.)
         """
-        fresh = np.ones(len(tid), dtype=bool)
+        fresh = np.ones(len(g.tid), dtype=bool)
         max_ids = self._stored_max_ids()
         conds = []
-        for code, pair in enumerate(pairs):
+        for pair, ids, _ in g.groups():
             top = max_ids.get(pair)
             if top is None:
                 continue
-            ids = tid[codes == code]
-            ids = ids[ids <= top]
+            if g.increasing:  # sorted already: the usual batch, every id new, costs one comparison
+                if ids[0] > top:
+                    continue
+                ids = ids[: np.searchsorted(ids, np.uint64(top), side="right")]
+            else:
+                ids = np.sort(ids[ids <= top])
             if len(ids) == 0:
                 continue
             e, s = pair.split(_SEP, 1)
-            for lo, hi in _ranges(np.sort(ids)):
+            for lo, hi in _ranges(ids):
                 conds.append(
                     f"(exchange = {sql_str(e)} AND symbol = {sql_str(s)} AND trade_id BETWEEN {lo} AND {hi})"
                 )
@@ -315,10 +324,10 @@ class ChdbStore:
             "SELECT concat(exchange, {sep}, symbol) AS pair, groupArray(trade_id) AS ids FROM trades_store "
             "WHERE {where} GROUP BY pair".format(sep=sql_str(_SEP), where=" OR ".join(conds))
         ).to_pylist()
-        code_of = {pair: code for code, pair in enumerate(pairs)}
+        code_of = {pair: code for code, pair in enumerate(g.pairs)}
         for row in existing:
-            sel = codes == code_of[row["pair"]]
-            fresh[sel] &= ~np.isin(tid[sel], np.asarray(row["ids"], dtype=np.uint64))
+            sel = g.codes == code_of[row["pair"]]
+            fresh[sel] &= ~np.isin(g.tid[sel], np.asarray(row["ids"], dtype=np.uint64))
         return fresh
 
     def _insert_arrow(self, statement: str, table: pa.Table, sess=None, settings: str = "") -> None:
@@ -505,21 +514,56 @@ _SEP = "\x1f"
 
 
 def _pair_codes(batch: pa.Table) -> tuple[list[str], np.ndarray]:
-    """Distinct 'exchange<US>symbol' strings of a single-chunk batch and each row's index into them."""
-    pair = pc.binary_join_element_wise(
-        batch.column("exchange").combine_chunks(), batch.column("symbol").combine_chunks(), _SEP
-    )
-    enc = pc.dictionary_encode(pair)
-    return enc.dictionary.to_pylist(), enc.indices.to_numpy(zero_copy_only=False)
+    """Distinct 'exchange<US>symbol' strings of a single-chunk batch and each row's index into them.
+
+    Exchange and symbol are dictionary-encoded apart (a handful of values each) and combined as small integers:
+    joining the two strings of every row and encoding the result cost ~60 ms per 600,000 trades, on the writer's
+    critical path."""
+    ex = pc.dictionary_encode(batch.column("exchange").combine_chunks())
+    sym = pc.dictionary_encode(batch.column("symbol").combine_chunks())
+    ns = len(sym.dictionary)
+    combo = ex.indices.to_numpy(zero_copy_only=False).astype(np.int64) * ns + sym.indices.to_numpy(zero_copy_only=False)
+    present = np.zeros(len(ex.dictionary) * ns, dtype=bool)
+    present[combo] = True
+    used = np.flatnonzero(present)
+    remap = np.zeros(len(present), dtype=np.int32)
+    remap[used] = np.arange(len(used), dtype=np.int32)
+    exchanges, symbols = ex.dictionary.to_pylist(), sym.dictionary.to_pylist()
+    return [f"{exchanges[u // ns]}{_SEP}{symbols[u % ns]}" for u in used.tolist()], remap[combo]
 
 
-def _first_occurrences(codes: np.ndarray, tid: np.ndarray) -> np.ndarray:
+class _PairGroups:
+    """The rows of a single-chunk trade batch grouped by (exchange, symbol): one stable sort of small integer codes
+    (a radix sort), the trade ids in that order, and whether every pair's ids are strictly increasing in batch order,
+    as a live feed or a capture delivers them. Then there is no duplicate inside the batch, and each pair's lowest
+    and highest ids are its first and last."""
+
+    def __init__(self, batch: pa.Table) -> None:
+        self.pairs, self.codes = _pair_codes(batch)
+        self.tid = batch.column("trade_id").to_numpy()
+        small = self.codes.astype(np.int16) if len(self.pairs) <= np.iinfo(np.int16).max else self.codes
+        self.order = np.argsort(small, kind="stable")
+        c = self.codes[self.order]
+        self.sorted_tid = t = self.tid[self.order]
+        cut = np.flatnonzero(c[1:] != c[:-1]) + 1
+        self.starts = np.concatenate(([0], cut)).astype(np.int64)
+        self.ends = np.concatenate((cut, [len(c)])).astype(np.int64)
+        self.group_codes = c[self.starts] if len(c) else c
+        self.increasing = bool(np.all((t[1:] > t[:-1]) | (c[1:] != c[:-1])))
+
+    def groups(self):
+        """(pair, its ids in batch order, their slice of the sorted order) per pair."""
+        for code, a, b in zip(self.group_codes.tolist(), self.starts.tolist(), self.ends.tolist()):
+            yield self.pairs[code], self.sorted_tid[a:b], slice(a, b)
+
+
+def _first_occurrences(g: _PairGroups) -> np.ndarray:
     """True for the first occurrence in the batch of each (pair, trade_id)."""
-    keep = np.ones(len(tid), dtype=bool)
-    if len(tid) < 2:
+    keep = np.ones(len(g.tid), dtype=bool)
+    if len(g.tid) < 2 or g.increasing:
         return keep
-    order = np.lexsort((np.arange(len(tid)), tid, codes))
-    c, t = codes[order], tid[order]
+    order = np.lexsort((np.arange(len(g.tid)), g.tid, g.codes))
+    c, t = g.codes[order], g.tid[order]
     dup = (c[1:] == c[:-1]) & (t[1:] == t[:-1])
     keep[order[1:][dup]] = False
     return keep
