@@ -32,12 +32,13 @@ def test_groups_of_a_batch_in_feed_order():
 
 
 def test_a_pair_out_of_order_or_repeated_is_not_increasing_and_its_first_occurrence_wins():
-    batch = to_table([trade("kraken", "BTC-USD", 9, "1"), trade("kraken", "ETH-USD", 1), trade("kraken", "BTC-USD", 7, "2"),
-                      trade("kraken", "BTC-USD", 9, "3")]).combine_chunks()
+    batch = to_table([trade("kraken", "BTC-USD", 9, "1"), trade("kraken", "ETH-USD", 1),
+                      trade("kraken", "BTC-USD", 7, "2"), trade("kraken", "BTC-USD", 9, "3")]).combine_chunks()
     g = _PairGroups(batch)
     assert not g.increasing
     assert _first_occurrences(g).tolist() == [True, True, True, False]
-    assert not _PairGroups(to_table([trade("binance", "BTC-USDT", 5), trade("binance", "BTC-USDT", 5)]).combine_chunks()).increasing
+    repeated = to_table([trade("binance", "BTC-USDT", 5), trade("binance", "BTC-USDT", 5)]).combine_chunks()
+    assert not _PairGroups(repeated).increasing
 
 
 def test_ids_below_the_highest_stored_one_are_looked_up_and_only_stored_ones_dropped(store):

@@ -233,7 +233,7 @@ class ChdbStore:
                 self._note_max_ids(g, None if k == n else keep)
             return InsertResult(k, n - k, fresh)
 
-    def _note_max_ids(self, g: "_PairGroups", keep: np.ndarray | None) -> None:
+    def _note_max_ids(self, g: _PairGroups, keep: np.ndarray | None) -> None:
         """Raise the cached highest stored id of each pair to the highest id just inserted (``keep``: the rows
         inserted, None for all)."""
         max_ids = self._stored_max_ids()
@@ -291,7 +291,7 @@ class ChdbStore:
             self._max_id = {f"{r['exchange']}{_SEP}{r['symbol']}": r["m"] for r in rows}
         return self._max_id
 
-    def _not_stored(self, g: "_PairGroups") -> np.ndarray:
+    def _not_stored(self, g: _PairGroups) -> np.ndarray:
         """True for the rows whose (exchange, symbol, trade_id) is not in the store yet.
 
         Ids above the highest stored id of their pair cannot be stored yet, so only the others are looked up,
