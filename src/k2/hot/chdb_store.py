@@ -178,24 +178,24 @@ class ChdbStore:
             # stopped half-way is finished by running it again)
             for stmt in BASELINE:
                 self._exec(stmt)
-            self._exec(
-                "INSERT INTO k2_schema_migrations (version, description) VALUES "
-                + ", ".join(f"({v}, {sql_str(MIGRATIONS[v][0])})" for v in sorted(MIGRATIONS))
-            )
+            self._record_versions(sorted(MIGRATIONS))
             return LATEST_VERSION
         for version in sorted(MIGRATIONS):
             if version in done:
                 continue
-            description, statements = MIGRATIONS[version]
-            for stmt in statements:
+            for stmt in MIGRATIONS[version][1]:
                 if callable(stmt):
                     stmt(self._exec, self.query_arrow)
                 else:
                     self._exec(stmt)
-            self._exec(
-                f"INSERT INTO k2_schema_migrations (version, description) VALUES ({version}, {sql_str(description)})"
-            )
+            self._record_versions([version])
         return LATEST_VERSION
+
+    def _record_versions(self, versions: list[int]) -> None:
+        self._exec(
+            "INSERT INTO k2_schema_migrations (version, description) VALUES "
+            + ", ".join(f"({v}, {sql_str(MIGRATIONS[v][0])})" for v in versions)
+        )
 
     def _new_or_baseline_begun(self) -> bool:
         """With no version recorded: True when the store has no table yet, or its tables were begun by the baseline
@@ -324,10 +324,10 @@ class ChdbStore:
             "SELECT concat(exchange, {sep}, symbol) AS pair, groupArray(trade_id) AS ids FROM trades_store "
             "WHERE {where} GROUP BY pair".format(sep=sql_str(_SEP), where=" OR ".join(conds))
         ).to_pylist()
-        code_of = {pair: code for code, pair in enumerate(g.pairs)}
-        for row in existing:
-            sel = g.codes == code_of[row["pair"]]
-            fresh[sel] &= ~np.isin(g.tid[sel], np.asarray(row["ids"], dtype=np.uint64))
+        found = {row["pair"]: np.asarray(row["ids"], dtype=np.uint64) for row in existing}
+        for pair, ids, sl in g.groups():
+            if pair in found:
+                fresh[g.order[sl]] &= ~np.isin(ids, found[pair])
         return fresh
 
     def _insert_arrow(self, statement: str, table: pa.Table, sess=None, settings: str = "") -> None:
@@ -544,17 +544,16 @@ class _PairGroups:
         small = self.codes.astype(np.int16) if len(self.pairs) <= np.iinfo(np.int16).max else self.codes
         self.order = np.argsort(small, kind="stable")
         c = self.codes[self.order]
-        self.sorted_tid = t = self.tid[self.order]
+        self.grouped_tid = t = self.tid[self.order]
         cut = np.flatnonzero(c[1:] != c[:-1]) + 1
-        self.starts = np.concatenate(([0], cut)).astype(np.int64)
-        self.ends = np.concatenate((cut, [len(c)])).astype(np.int64)
-        self.group_codes = c[self.starts] if len(c) else c
+        self.starts = np.concatenate(([0], cut)) if len(c) else cut
+        self.ends = np.concatenate((cut, [len(c)])) if len(c) else cut
         self.increasing = bool(np.all((t[1:] > t[:-1]) | (c[1:] != c[:-1])))
 
     def groups(self):
-        """(pair, its ids in batch order, their slice of the sorted order) per pair."""
-        for code, a, b in zip(self.group_codes.tolist(), self.starts.tolist(), self.ends.tolist()):
-            yield self.pairs[code], self.sorted_tid[a:b], slice(a, b)
+        """(pair, its ids in batch order, their slice of ``order``) per pair."""
+        for a, b in zip(self.starts.tolist(), self.ends.tolist()):
+            yield self.pairs[self.codes[self.order[a]]], self.grouped_tid[a:b], slice(a, b)
 
 
 def _first_occurrences(g: _PairGroups) -> np.ndarray:
