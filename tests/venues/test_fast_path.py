@@ -93,13 +93,16 @@ def binance_frames(draw):
         "m": draw(st.sampled_from(["true", "false", "null", '"true"', "1"])),
         "M": "true",
     }
-    keys = draw(st.permutations(BINANCE_KEYS))
+    # Binance's own order half the time: the C path reads that layout as literals, and anything else key by key
+    keys = BINANCE_KEYS if draw(st.booleans()) else draw(st.permutations(BINANCE_KEYS))
     keys = [k for k in keys if draw(st.integers(0, 15)) > 0]  # sometimes a key goes missing
     if draw(st.booleans()):
         keys.append(draw(st.sampled_from(["X", "s", "zz"])))  # an extra or duplicate key
         fields.setdefault("X", "[1,{\"a\":null}]")
         fields.setdefault("zz", '"\\u00e9"')
     body = "{" + ",".join(f'"{k}":{fields[k]}' for k in keys) + "}"
+    if draw(st.integers(0, 5)) == 0:
+        body = body.replace(",", ", ")  # the layout with spaces: read key by key
     if draw(st.booleans()):
         body = f'{{"stream":"btcusdt@trade","data":{body}}}'
     return body
@@ -124,7 +127,8 @@ def kraken_frames(draw):
             "timestamp": draw(st.sampled_from(['"2026-07-15T00:00:00.123456Z"', '"2026-07-15T00:00:00.1234567Z"', '"2026-07-15T00:00:00Z"',
                                                 '"2026-07-15 00:00:00Z"', '"2026-02-30T00:00:00Z"', '"2026-07-15T01:00:00+01:00"', '"2026-07-15T00:00:60Z"'])),
         }
-        keys = [k for k in draw(st.permutations(list(fields))) if draw(st.integers(0, 12)) > 0]
+        order = list(fields) if draw(st.booleans()) else draw(st.permutations(list(fields)))  # Kraken's order first
+        keys = [k for k in order if draw(st.integers(0, 12)) > 0]
         return "{" + ",".join(f'"{k}":{fields[k]}' for k in keys) + "}"
 
     items = ",".join(item() for _ in range(draw(st.integers(0, 3))))
@@ -141,10 +145,14 @@ def test_kraken_adversarial_frames_same_on_both_paths(parsers, frames):
     same(parsers["kraken"], frames)
 
 
+# Coinbase's own order of a `match`, which the C path reads as literals (anything else key by key)
+COINBASE_MATCH_KEYS = ["trade_id", "maker_order_id", "taker_order_id", "side", "size", "price", "product_id", "sequence", "time"]
+
+
 @st.composite
 def coinbase_frames(draw):
     def trade_fields(advanced):
-        f = {
+        return {
             "trade_id": draw(st.sampled_from(['"699871154"', '"000000011"', '"abc"', "12"] if advanced else ["10", "0", "-1", '"10"'])),
             "product_id": draw(st.sampled_from(['"BTC-USD"', '"ETH-USD"', '"FOO-USD"'])),
             "price": json.dumps(draw(dec_text())),
@@ -152,15 +160,26 @@ def coinbase_frames(draw):
             "side": draw(st.sampled_from(['"BUY"', '"SELL"', '"buy"', '"sell"', '"x"'])),
             "time": draw(st.sampled_from(['"2026-07-15T00:00:00.39625135Z"', '"2026-07-15T00:00:00.265Z"', '"2026-07-15T00:00:00Z"', '"1999-01-01T00:00:00Z"', '"x"'])),
         }
-        keys = [k for k in draw(st.permutations(list(f))) if draw(st.integers(0, 12)) > 0]
-        return ",".join(f'"{k}":{f[k]}' for k in keys)
+
+    def joined(f, order):
+        return ",".join(f'"{k}":{f[k]}' for k in order if draw(st.integers(0, 12)) > 0)
+
+    def adv_trade():
+        f = trade_fields(True)
+        return "{" + joined(f, draw(st.permutations(list(f)))) + "}"
 
     if draw(st.booleans()):
         head = draw(st.sampled_from(['"type":"match"', '"type":"last_match"', '"type":"heartbeat"']))
-        return "{" + head + "," + trade_fields(False) + ',"sequence":50}'
+        f = trade_fields(False)
+        if draw(st.booleans()):
+            f["maker_order_id"] = draw(st.sampled_from(['"ac928c66"', '"a\\"b"', "null", "7", "{}"]))
+            f["taker_order_id"] = '"b"'
+            f["sequence"] = draw(st.sampled_from(["50", "-1", "1.5", '"50"']))
+            return "{" + head + "," + joined(f, COINBASE_MATCH_KEYS) + "}"
+        return "{" + head + "," + joined(f, draw(st.permutations(list(f)))) + ',"sequence":50}'
     events = []
     for _ in range(draw(st.integers(0, 2))):
-        trades = ",".join("{" + trade_fields(True) + "}" for _ in range(draw(st.integers(0, 3))))
+        trades = ",".join(adv_trade() for _ in range(draw(st.integers(0, 3))))
         events.append('{"type":' + draw(st.sampled_from(['"update"', '"snapshot"', '"delta"'])) + ',"trades":[' + trades + "]}")
     parts = ['"channel":"market_trades"', '"client_id":""', '"sequence_num":' + draw(st.sampled_from(["0", "null", '"1"'])),
              '"events":[' + ",".join(events) + "]"]
