@@ -57,11 +57,13 @@ def replay_files(
     """Replay capture files into ``store``; returns when everything is stored (raises if storing failed)."""
     summary = ReplaySummary()
     # A replay has no latency to keep, only throughput: the writer waits up to a second to fill an insert of
-    # ``writer_rows``, and the bus holds about one insert's worth of batches (a 50,000-line chunk yields ~3
-    # batches of ~10,000 frames and their trades), so the reader and parser keep working while an insert runs.
-    # Few large inserts mean few parts for ClickHouse to merge: 1.2M rows per insert stored ~1.4x the trades/s of
-    # 500,000 with a bus of 40 batches and 50 ms (benchmarks/RESULTS.md section 2).
-    bus = MemoryBus(max_batches=max(8, min(200, writer_rows // 20_000)))
+    # ``writer_rows``, and the bus holds about one insert's worth of batches, so the reader and parser keep working
+    # while an insert runs. A chunk yields one batch per exchange, each ~chunk_lines / 3 frames and about as many
+    # trades: ~2/3 chunk_lines rows (36 batches for the defaults). Few large inserts mean few parts for ClickHouse to
+    # merge: 1.2M rows per insert stored ~1.4x the trades/s of 500,000 with a bus of 40 batches and 50 ms
+    # (benchmarks/RESULTS.md section 2). A bus of more than one insert only adds memory: 60 batches peaked ~100 MB
+    # higher than 36 for the same trades/s (10M-trade replay, 3 alternating pairs).
+    bus = MemoryBus(max_batches=max(8, min(200, writer_rows * 3 // (2 * chunk_lines))))
     writer = HotWriter(store, bus, max_rows=writer_rows, max_delay=1.0, store_raw=store_raw).start()
     t0 = time.perf_counter()
     try:
