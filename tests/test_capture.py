@@ -147,3 +147,20 @@ def test_compressed_captures_and_missing_file(tmp_path):
     broken.write_bytes(b"this is not gzip")
     with pytest.raises(CaptureError):
         list(rd.read_capture(broken))
+
+
+def test_frame_blocks_are_reused_only_once_released():
+    """The scanner keeps released frame blocks for reuse: a block Arrow still holds is never written again."""
+    scan = _scan().scan_capture
+
+    def block(char, n=40):
+        line = ('{"exchange":"kraken","ts_recv":1784073600002000,"frame":"' + char * 30 + '\\"x\\"","conn":"c"}\n').encode()
+        _, _, groups = scan(line * n, rd.MIN_TS_US, rd.MAX_TS_RECV_US)
+        return groups[1][5]  # kraken's frame text
+
+    held = pa.py_buffer(block("a"))  # Arrow's reference is the only one left
+    for char in "bcdefgh":  # released at once: recycled between these calls
+        assert pa.py_buffer(block(char)).to_pybytes() == (char * 30 + '"x"').encode() * 40
+    assert held.to_pybytes() == ("a" * 30 + '"x"').encode() * 40
+    del held
+    assert pa.py_buffer(block("z", 80)).to_pybytes() == ("z" * 30 + '"x"').encode() * 80
