@@ -101,12 +101,13 @@ def test_random_captures_same_on_both_readers(tmp_path_factory, records, block_l
 
 # Frames as a capture holds them: long, with an escaped quote every few bytes, and now and then a `\/`, a `\\`, a
 # control character or non-ASCII text; the C scanner unescapes sixteen bytes a step and stops at anything unusual.
-FRAME_TEXT = st.text(alphabet=st.sampled_from('aZ09:,{}[]"""""\\\\///\n\t\x01\x7f\u00e9\u20ac\U0001F600 '), max_size=300)
+FRAME_TEXT = st.text(alphabet=st.sampled_from('aZ09:,{}[]"""""\\\\///\n\t\x01\x7f\u00e9\u20ac\U0001F600 '),
+                     max_size=300)
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["binance", "kraken", "coinbase"]), FRAME_TEXT, st.sampled_from([None, "c-1", 'q"\\'])),
-                max_size=12),
+@given(st.lists(st.tuples(st.sampled_from(["binance", "kraken", "coinbase"]), FRAME_TEXT,
+                          st.sampled_from([None, "c-1", 'q"\\'])), max_size=12),
        st.integers(1, 7), st.booleans())
 def test_escape_heavy_frames_same_on_both_readers(tmp_path_factory, records, block_lines, slashes):
     path = tmp_path_factory.mktemp("cap") / "c.jsonl"
@@ -117,7 +118,8 @@ def test_escape_heavy_frames_same_on_both_readers(tmp_path_factory, records, blo
         path.write_bytes(path.read_bytes().replace(b"/", b"\\/"))
     out, bad = both(path, block_lines)
     got = sorted((ex, t, f, c) for ex, (fs, ts, cs) in out.items() for f, t, c in zip(fs, ts, cs))
-    assert got == sorted((ex, 1_784_073_600_000_000 + i, f, c or "") for i, (ex, f, c) in enumerate(records)) and bad == []
+    expect = [(ex, 1_784_073_600_000_000 + i, f, c or "") for i, (ex, f, c) in enumerate(records)]
+    assert got == sorted(expect) and bad == []
 
 
 def _encodable(*texts):
@@ -154,7 +156,8 @@ def test_frame_blocks_are_reused_only_once_released():
     scan = _scan().scan_capture
 
     def block(char, n=40):
-        line = ('{"exchange":"kraken","ts_recv":1784073600002000,"frame":"' + char * 30 + '\\"x\\"","conn":"c"}\n').encode()
+        frame = char * 30 + '\\"x\\"'
+        line = ('{"exchange":"kraken","ts_recv":1784073600002000,"frame":"' + frame + '","conn":"c"}\n').encode()
         _, _, groups = scan(line * n, rd.MIN_TS_US, rd.MAX_TS_RECV_US)
         return groups[1][5]  # kraken's frame text
 

@@ -146,7 +146,8 @@ def test_kraken_adversarial_frames_same_on_both_paths(parsers, frames):
 
 
 # Coinbase's own order of a `match`, which the C path reads as literals (anything else key by key)
-COINBASE_MATCH_KEYS = ["trade_id", "maker_order_id", "taker_order_id", "side", "size", "price", "product_id", "sequence", "time"]
+COINBASE_MATCH_KEYS = ["trade_id", "maker_order_id", "taker_order_id", "side", "size", "price", "product_id", "sequence",
+                       "time"]
 
 
 @st.composite
