@@ -27,7 +27,7 @@ def same(parser, frames, recv=None):
     recv = [RECV] * len(frames) if recv is None else [int(x) for x in recv]
     as_list = frames.to_pylist() if isinstance(frames, pa.Array) else frames
     fast, slow = parser.parse(frames, recv), parser._parse_py(as_list, recv)
-    key = lambda t: (t.exchange, t.symbol, t.trade_id, t.ts)  # noqa: E731
+    key = lambda t: (t.exchange, t.symbol, t.trade_id, t.ts)
     assert sorted(trades_from_table(fast.trades), key=key) == sorted(trades_from_table(slow.trades), key=key)
     assert sorted(fast.dead) == sorted(slow.dead)
     assert (fast.trade_frames, fast.control, fast.ignored) == (slow.trade_frames, slow.control, slow.ignored)
