@@ -1121,24 +1121,28 @@ typedef struct {
     PyObject_HEAD
     char *data;
     Py_ssize_t len, cap, touched; /* touched: the most ever written, so the resident part of cap */
+    int kind;                     /* the exchange it holds frames of: reused for the same one, whose frames need
+                                     about as much room each block (resident memory does not creep up to the
+                                     largest exchange's) */
 } block_t;
 
 /* At most FREE_BLOCKS blocks and FREE_RESIDENT bytes of written (resident) memory wait for reuse: a replay of the
  * three exchanges releases ~36 blocks of ~3.5 MB written per insert; a one-exchange capture, 10 MB each. */
 enum { FREE_BLOCKS = 64 };
-static const Py_ssize_t FREE_RESIDENT = 256 << 20;
+static const Py_ssize_t FREE_RESIDENT = 128 << 20;
 static char *free_data[FREE_BLOCKS];
 static Py_ssize_t free_cap[FREE_BLOCKS], free_touched[FREE_BLOCKS], free_resident;
-static int n_free;
+static int free_kind[FREE_BLOCKS], n_free;
 static PyTypeObject BlockType;
 
-static block_t *block_new(Py_ssize_t need) {
+static block_t *block_new(Py_ssize_t need, int kind) {
     block_t *b = PyObject_New(block_t, &BlockType);
     if (!b) return NULL;
     b->data = NULL;
     b->len = b->touched = 0;
+    b->kind = kind;
     for (int i = 0; i < n_free; i++) {
-        if (free_cap[i] >= need) {
+        if (free_cap[i] >= need && free_kind[i] == kind) {
             b->data = free_data[i];
             b->cap = free_cap[i];
             b->touched = free_touched[i];
@@ -1147,6 +1151,7 @@ static block_t *block_new(Py_ssize_t need) {
             free_data[i] = free_data[n_free];
             free_cap[i] = free_cap[n_free];
             free_touched[i] = free_touched[n_free];
+            free_kind[i] = free_kind[n_free];
             break;
         }
     }
@@ -1168,6 +1173,7 @@ static void block_dealloc(block_t *b) {
         if (n_free < FREE_BLOCKS && free_resident + touched <= FREE_RESIDENT) {
             free_data[n_free] = b->data;
             free_cap[n_free] = b->cap;
+            free_kind[n_free] = b->kind;
             free_touched[n_free++] = touched;
             free_resident += touched;
         } else {
@@ -1257,7 +1263,7 @@ static PyObject *scan_capture(PyObject *self, PyObject *args) {
     int oom = 0;
     int32_t zero = 0;
     for (int e = 0; e < 3 && !oom; e++) {
-        ex[e].frame = block_new(in.len);
+        ex[e].frame = block_new(in.len, e);
         if (!ex[e].frame) oom = 1;
         else ex[e].fw = ex[e].frame->data;
         if (!oom && (!buf_put(&ex[e].frameoff, &zero, 4) || !buf_put(&ex[e].connoff, &zero, 4))) oom = 1;
