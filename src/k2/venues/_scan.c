@@ -553,13 +553,19 @@ static int binance_frame(cur_t *c, cols_t *out, int32_t frame) {
 
 enum { KR_SYM = 1, KR_SIDE = 2, KR_P = 4, KR_Q = 8, KR_ID = 16, KR_TS = 32, KR_ORD = 64, KR_REQ = 63 };
 
+/* ,"side":"buy" or ,"side":"sell" at the cursor; *sell = 1 for "sell" (whose side that is, the caller knows) */
+static int side_literal(cur_t *c, int *sell) {
+    if (!LIT(c, ",\"side\":\"")) return 0;
+    if (LIT(c, "buy\"")) *sell = 0;
+    else if (LIT(c, "sell\"")) *sell = 1;
+    else return 0;
+    return 1;
+}
+
 /* a trade in Kraken's own key order (symbol side price qty ord_type trade_id timestamp), as binance_literal */
 static int kraken_literal(cur_t *c, rec_t *r) {
     if (!LIT(c, "{\"symbol\":") || !str_plain(c, &r->sym, &r->symn)) return 0;
-    if (!LIT(c, ",\"side\":\"")) return 0;
-    if (LIT(c, "buy\"")) r->sell = 0;
-    else if (LIT(c, "sell\"")) r->sell = 1;
-    else return 0;
+    if (!side_literal(c, &r->sell)) return 0;
     if (!LIT(c, ",\"price\":") || !decimal_number(c, &r->price)) return 0;
     if (!LIT(c, ",\"qty\":") || !decimal_number(c, &r->qty)) return 0;
     if (!LIT(c, ",\"ord_type\":") || !(LIT(c, "null") || (peek(c) == '"' && skip_string(c)))) return 0;
@@ -759,10 +765,9 @@ static int coinbase_literal(cur_t *c, rec_t *r) {
     if (!LIT(c, "\"trade_id\":") || !uint_token(c, &r->tid)) return 0;
     if (!LIT(c, ",\"maker_order_id\":") || !skip_value(c, 0)) return 0;
     if (!LIT(c, ",\"taker_order_id\":") || !skip_value(c, 0)) return 0;
-    if (!LIT(c, ",\"side\":\"")) return 0;
-    if (LIT(c, "buy\"")) r->sell = 1;
-    else if (LIT(c, "sell\"")) r->sell = 0;
-    else return 0;
+    int maker_sold;
+    if (!side_literal(c, &maker_sold)) return 0;
+    r->sell = !maker_sold;
     if (!LIT(c, ",\"size\":") || !decimal_string(c, &r->qty)) return 0;
     if (!LIT(c, ",\"price\":") || !decimal_string(c, &r->price)) return 0;
     if (!LIT(c, ",\"product_id\":") || !str_plain(c, &r->sym, &r->symn)) return 0;
@@ -1130,9 +1135,13 @@ typedef struct {
  * three exchanges releases ~36 blocks of ~3.5 MB written per insert; a one-exchange capture, 10 MB each. */
 enum { FREE_BLOCKS = 64 };
 static const Py_ssize_t FREE_RESIDENT = 128 << 20;
-static char *free_data[FREE_BLOCKS];
-static Py_ssize_t free_cap[FREE_BLOCKS], free_touched[FREE_BLOCKS], free_resident;
-static int free_kind[FREE_BLOCKS], n_free;
+static struct {
+    char *data;
+    Py_ssize_t cap, touched;
+    int kind;
+} free_list[FREE_BLOCKS];
+static Py_ssize_t free_resident;
+static int n_free;
 static PyTypeObject BlockType;
 
 static block_t *block_new(Py_ssize_t need, int kind) {
@@ -1142,16 +1151,12 @@ static block_t *block_new(Py_ssize_t need, int kind) {
     b->len = b->touched = 0;
     b->kind = kind;
     for (int i = 0; i < n_free; i++) {
-        if (free_cap[i] >= need && free_kind[i] == kind) {
-            b->data = free_data[i];
-            b->cap = free_cap[i];
-            b->touched = free_touched[i];
-            free_resident -= free_touched[i];
-            n_free--;
-            free_data[i] = free_data[n_free];
-            free_cap[i] = free_cap[n_free];
-            free_touched[i] = free_touched[n_free];
-            free_kind[i] = free_kind[n_free];
+        if (free_list[i].cap >= need && free_list[i].kind == kind) {
+            b->data = free_list[i].data;
+            b->cap = free_list[i].cap;
+            b->touched = free_list[i].touched;
+            free_resident -= b->touched;
+            free_list[i] = free_list[--n_free];
             break;
         }
     }
@@ -1171,10 +1176,10 @@ static void block_dealloc(block_t *b) {
     if (b->data) {
         Py_ssize_t touched = b->len > b->touched ? b->len : b->touched;
         if (n_free < FREE_BLOCKS && free_resident + touched <= FREE_RESIDENT) {
-            free_data[n_free] = b->data;
-            free_cap[n_free] = b->cap;
-            free_kind[n_free] = b->kind;
-            free_touched[n_free++] = touched;
+            free_list[n_free].data = b->data;
+            free_list[n_free].cap = b->cap;
+            free_list[n_free].touched = touched;
+            free_list[n_free++].kind = b->kind;
             free_resident += touched;
         } else {
             free(b->data);
