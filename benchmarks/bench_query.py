@@ -40,6 +40,7 @@ import os
 import platform
 import shlex
 import shutil
+import statistics
 import sys
 import time
 from datetime import datetime, timedelta, timezone
@@ -409,6 +410,55 @@ def duck_arrow(con, sql: str) -> pa.Table:
 # ----------------------------------------------------------------------------- levers for Q3 (on a copy)
 
 
+PHASES = [
+    ("QueryParseMicroseconds", "parse"),
+    ("QueryAnalysisMicroseconds", "analysis"),
+    ("QueryPlanBuildMicroseconds", "plan"),
+    ("QueryPlanOptimizeMicroseconds", "optimize"),
+    ("QueryPipelineBuildMicroseconds", "pipeline"),
+    ("QueryTimeMicroseconds", "query"),
+]
+PHASE_BLOCK = 10
+
+
+def q1_phases(store, q1: str, runs: int) -> dict[str, dict[str, float]]:
+    """Where Q1's time goes, as served (views inlined by the analyzer, K2's session setting) and with the view
+    planned apart (``analyzer_inline_views = 0``, ClickHouse's default). ``query`` is the engine's whole time for
+    the statement; the rest of ``wall`` is the embedded engine's hand-off and the Arrow result."""
+    names = ", ".join(f"'{e}'" for e, _ in PHASES)
+    snap_sql = f"SELECT event, value FROM system.events WHERE event IN ({names})"
+
+    def snap() -> dict[str, int]:
+        t = store.query_arrow(snap_sql).to_pydict()
+        return dict(zip(t["event"], t["value"]))
+
+    def block(sql: str | None) -> dict[str, float]:
+        e0 = snap()
+        tick = time.perf_counter()
+        for _ in range(PHASE_BLOCK if sql else 0):
+            store.query_arrow(sql)
+        wall = (time.perf_counter() - tick) * 1e3
+        e1 = snap()
+        return {"wall": wall, **{label: (e1.get(e, 0) - e0.get(e, 0)) / 1e3 for e, label in PHASES}}
+
+    ways = {"as served (views inlined)": q1, "view planned apart": q1 + " SETTINGS analyzer_inline_views = 0"}
+    for sql in ways.values():
+        for _ in range(3):
+            store.query_arrow(sql)
+    got: dict[str, list[dict[str, float]]] = {k: [] for k in ways}
+    empty: list[dict[str, float]] = []
+    for i in range(max(3, runs // PHASE_BLOCK)):
+        for name in (list(ways) if i % 2 == 0 else list(ways)[::-1]):
+            got[name].append(block(ways[name]))
+        empty.append(block(None))  # what the two snapshots themselves add to a block
+    cols = ["wall"] + [label for _, label in PHASES]
+    base = {c: statistics.median(b[c] for b in empty) for c in cols}
+    return {
+        name: {c: (statistics.median(b[c] for b in blocks) - base[c]) / PHASE_BLOCK for c in cols}
+        for name, blocks in got.items()
+    }
+
+
 def levers(args, root: Path) -> list[tuple[str, str]]:
     """Ways to bring Q3 under target, measured on a copy of the store (the cached store is never altered)."""
     from k2.hot.chdb_store import ChdbStore
@@ -628,6 +678,7 @@ def main(argv: list[str] | None = None) -> int:
         dk_ms = stats(timed(lambda: duck_arrow(con, qd["duck"]), qd["runs"], args.warmup))
         results.append((qd, k2_ms, dk_ms, ok, why))
         print(f"  {qd['name']}: K2 p50 {k2_ms['p50']:.1f} ms, DuckDB p50 {dk_ms['p50']:.1f} ms, {why}", flush=True)
+    phases = q1_phases(store, queries(args)[0]["k2"], args.runs)
     store.close()
     con.close()
 
@@ -660,6 +711,13 @@ def main(argv: list[str] | None = None) -> int:
         status = "PASS" if k["p50"] < qd["target_ms"] else "FAIL"
         print(f"{qd['name']:<{w}} | {fmt(k):>19} | {fmt(d):>19} | {k['n']:>4} | <{qd['target_ms']:>4} ms | {status} | "
               f"{'MATCH' if ok else 'MISMATCH'} ({why})")
+    print()
+    print("Q1 by phase: ClickHouse's own counters (system.events) per query, ms, median of blocks of "
+          f"{PHASE_BLOCK} queries; the two ways alternate block by block on the same store")
+    cols = ["wall"] + [label for _, label in PHASES]
+    print(f"{'':<34}" + "".join(f"{c:>10}" for c in cols))
+    for name, row in phases.items():
+        print(f"{name:<34}" + "".join(f"{row[c]:>10.2f}" for c in cols))
     if lever_rows:
         print()
         print("Levers (on a copy of the store; queries written against the public views unless noted):")
