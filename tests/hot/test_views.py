@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 from decimal import Context, Decimal, localcontext
+
+import pyarrow.compute as pc
 
 from k2.model.trade import Trade
 from tests.hot.test_candles_property import to_table
@@ -57,3 +60,20 @@ def test_every_store_connection_plans_views_inline(store):
     pool = store.readers(size=2)
     assert [pool.query_arrow(sql)["v"][0].as_py() for _ in range(3)] == [1, 1, 1]
     assert store.query_text(sql, "CSV").strip() == "1"
+
+
+def test_arrow_results_own_their_memory(store):
+    # chdb's Arrow result is read without a copy; only a compressed result is decompressed into memory the table
+    # owns. Uncompressed, these columns pointed into freed memory once other queries and allocations reused it.
+    sql = "SELECT number AS n, toString(number) AS s, toDecimal128(number, 18) AS d FROM numbers(2000000)"
+    for query in (store.query_arrow, store.readers(size=1).query_arrow):
+        table = query(sql)
+        gc.collect()
+        for _ in range(4):
+            query("SELECT number * 7 AS n, repeat('x', 50) AS s FROM numbers(2000000)")
+        gc.collect()
+        churn = [bytearray(b"\xff" * 50_000_000) for _ in range(3)]
+        assert pc.sum(table["n"]).as_py() == 1999999 * 2000000 // 2
+        assert table["s"][1999999].as_py() == "1999999"
+        assert table["d"][12345].as_py() == Decimal(12345)
+        del churn

@@ -77,7 +77,12 @@ DEAD_SCHEMA = pa.schema(
 #: query instead of an outer query over a separately planned inner one. Planning dominates the small reads a
 #: user makes most (a day of 1m candles: ~7 ms of planning, ~3 ms of reading); inlining took ~2 ms off it,
 #: with the same rows (benchmarks/RESULTS.md section 3).
-SESSION_SETTINGS = ("analyzer_inline_views = 1",)
+#: ``output_format_arrow_compression_method = 'lz4_frame'`` (chdb's default, pinned): chdb hands an Arrow result to
+#: pyarrow without a copy and without keeping the result alive. Compressed, every column is decompressed into memory
+#: pyarrow owns; uncompressed ('none', ~0.5 ms faster on a day of 1m candles), the table's columns point into
+#: memory chdb frees once the result object goes, and later reads return other data (seen: a sum of 0..1,999,999
+#: wrong, strings empty). Users cannot change it: ``k2 sql`` refuses SETTINGS clauses.
+SESSION_SETTINGS = ("analyzer_inline_views = 1", "output_format_arrow_compression_method = 'lz4_frame'")
 
 
 def open_session(path: Path):
