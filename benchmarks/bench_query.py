@@ -25,7 +25,10 @@ Queries (same question, each engine written the way a user would write it; resul
       exact Decimal(76,36); on Decimal(38,18) columns ClickHouse would overflow silently). DuckDB refuses the
       bare product of two DECIMAL(38,18), so it uses ``price::DECIMAL(38,10) * qty::DECIMAL(38,10)`` (exact for
       <= 10 decimals, as here). VWAPs are compared to 1e-12 relative, everything else exactly.
-Times are wall-clock in Python, from SQL text to a pyarrow Table, after warm-up runs. ``--levers`` copies the
+Times are wall-clock in Python, from SQL text to a pyarrow Table, after warm-up runs. After the table, "Q1 by
+phase" splits Q1 by ClickHouse's own counters (system.events: parse, analysis, plan build, plan optimisation,
+pipeline build, the statement's whole time) as K2 serves it (views inlined by the analyzer) and with the view
+planned apart, the two alternating on the same store. ``--levers`` copies the
 store and measures, on the copy only: Q3 settings/expression variants, the 1d candles, narrower column types,
 a PROJECTION with the daily aggregates queried through the unchanged ``trades`` view (and its insert cost), and
 the 1m candle store at a finer index granularity for Q1.
