@@ -53,7 +53,7 @@ def test_daily_vwap_from_trades_reads_the_projection(store):
 
 
 def test_every_store_connection_plans_views_inline(store):
-    # a read through a view planned as one query costs ~2 ms less (RESULTS.md section 3); a connection opened
+    # a read through a view planned as one query costs 1-2 ms less (RESULTS.md section 3); a connection opened
     # without the setting would quietly lose that
     sql = "SELECT toUInt8(getSetting('analyzer_inline_views')) AS v"
     assert store.query_arrow(sql)["v"].to_pylist() == [1]

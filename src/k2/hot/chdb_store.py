@@ -75,8 +75,8 @@ DEAD_SCHEMA = pa.schema(
 #: applied to every connection K2 opens on the store. ``analyzer_inline_views``: the analyzer substitutes a
 #: plain view (``trades``, ``ohlcv_*``) with its defining query, so a read through a view is planned as one
 #: query instead of an outer query over a separately planned inner one. Planning dominates the small reads a
-#: user makes most (a day of 1m candles: ~7 ms of planning, ~3 ms of reading); inlining took ~2 ms off it,
-#: with the same rows (benchmarks/RESULTS.md section 3).
+#: user makes most (a day of 1m candles: ~8 ms of planning in 11-14 ms); inlining took 1-2 ms off it (plan
+#: build and optimisation -2.4 ms, analysis +0.5 ms), with the same plan and rows (benchmarks/RESULTS.md section 3).
 #: ``output_format_arrow_compression_method = 'lz4_frame'`` (chdb's default, pinned): chdb hands an Arrow result to
 #: pyarrow without a copy and without keeping the result alive. Compressed, every column is decompressed into memory
 #: pyarrow owns; uncompressed ('none', ~0.5 ms faster on a day of 1m candles), the table's columns point into
