@@ -717,7 +717,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print("Q1 by phase: ClickHouse's own counters (system.events) per query, ms, median of blocks of "
           f"{PHASE_BLOCK} queries; the two ways alternate block by block on the same store")
-    cols = ["wall"] + [label for _, label in PHASES]
+    cols = list(next(iter(phases.values())))
     print(f"{'':<34}" + "".join(f"{c:>10}" for c in cols))
     for name, row in phases.items():
         print(f"{name:<34}" + "".join(f"{row[c]:>10.2f}" for c in cols))
