@@ -73,8 +73,10 @@ class PromAPI:
         try:
             with urllib.request.urlopen(url, timeout=5) as resp:
                 return json.loads(resp.read())
-        except urllib.error.HTTPError as exc:  # a bad query answers 400 with a JSON error
-            return json.loads(exc.read() or b"{}")
+        except urllib.error.HTTPError as exc:
+            if exc.code == 503:  # still starting: a plain-text "Service Unavailable", so not yet an answer
+                return {}
+            return json.loads(exc.read() or b"{}")  # a bad query answers 400 with a JSON error
 
     def query(self, expr: str) -> dict:
         return self.get("/api/v1/query", query=expr)
