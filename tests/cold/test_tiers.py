@@ -14,6 +14,7 @@ from k2.cold.catalog import open_catalog
 from k2.cold.offload import Offloader
 from k2.cold.tiers import RetentionRefused, apply_retention
 from k2.hot.chdb_store import ChdbStore
+from k2.hot.ddl import _v9_candle_views_without_prewhere
 from k2.pipeline.replay import replay_files
 from k2.settings import load_settings
 from tests.candles import normalize, recompute, stored
@@ -65,6 +66,13 @@ def test_retention_drops_only_what_cold_holds_and_views_span_both_tiers(tiers, t
     after = sorted(view_trades(store))
     assert after == before  # no duplicate where the tiers overlap, no hole where they meet
     for tf in ("1m", "15m", "1h", "1d"):
+        assert normalize(stored(store, tf)) == normalize(recompute(after, tf)), tf
+    # migration 9 (candle views without PREWHERE on their hot part) run on a store whose views span both tiers
+    # keeps their cold part
+    _v9_candle_views_without_prewhere(store.execute, store.query_arrow)
+    for tf in ("1m", "1d"):
+        view = count(store, f"SELECT create_table_query FROM system.tables WHERE database = 'default' AND name = 'ohlcv_{tf}'")
+        assert f"cold_ohlcv_{tf}" in view and "SETTINGS optimize_move_to_prewhere = 0" in view, view
         assert normalize(stored(store, tf)) == normalize(recompute(after, tf)), tf
     vwap = store.query_arrow(
         "SELECT exchange, symbol, toDate(ts) AS d, sum(price * qty) / sum(qty) AS v, count() AS n FROM trades GROUP BY ALL"

@@ -29,7 +29,7 @@ import pyarrow as pa
 from k2.cold.offload import seq_watermark
 from k2.cold.tables import NAMESPACE, candle_table
 from k2.hot.chdb_store import sql_str
-from k2.hot.ddl import DEC, QDEC, TIMEFRAMES, WIDE, candle_view_select, trades_view_select
+from k2.hot.ddl import DEC, QDEC, TIMEFRAMES, WIDE, candle_view_query, trades_view_select
 
 log = logging.getLogger("k2.retention")
 US = 1_000_000
@@ -147,7 +147,7 @@ WHERE ts < fromUnixTimestamp64Micro({cutoff}, 'UTC') AND ingest_seq <= {seq}"""
         store.execute(f"CREATE OR REPLACE VIEW trades AS\n{hot}")
     for tf, _, _ in TIMEFRAMES:
         layer = f"ohlcv_{tf}"
-        hot_c = candle_view_select(tf)
+        hot_c = candle_view_query(tf)
         if layer in state:
             cutoff, _ = state[layer]
             cold_c = _cold_candles_select(f"cold_ohlcv_{tf}") + f"\nWHERE bucket < toDateTime(intDiv({cutoff}, 1000000), 'UTC')"

@@ -107,8 +107,26 @@ FROM ohlcv_1m_store
 GROUP BY exchange, symbol, bucket"""
 
 
-def _candle_view(name: str) -> str:
-    return f"CREATE VIEW IF NOT EXISTS ohlcv_{name} AS\n{candle_view_select(name)}"
+def _candle_view(name: str, select=None) -> str:
+    """The ``ohlcv_<name>`` view over ``select(name)``: migration 1 released it over ``candle_view_select``."""
+    return f"CREATE VIEW IF NOT EXISTS ohlcv_{name} AS\n{(select or candle_view_select)(name)}"
+
+
+#: Settings of the hot part of every candle view (since migration 9). PREWHERE reads the columns of a query's
+#: filter first and the other columns only for the rows that pass. A candle view passes down to its store only
+#: filters on the store's sort key (exchange, symbol, bucket): conditions on open, volume and the rest apply to
+#: aggregates, above the GROUP BY. The primary index already narrows key filters to a few 256-row granules, so
+#: PREWHERE saves no read there, and deciding it cost the planner 0.5-1.6 ms on every read (a day of 1m candles,
+#: alternating blocks on one store: 11.98 -> 9.56 ms inside the engine, 13.88 -> 11.22 ms wall; benchmarks/RESULTS.md
+#: section 3). The ``trades`` view keeps PREWHERE: its usual filters (ts, price) are not key columns. In a view that
+#: also reads the cold tier, the SETTINGS clause applies to the hot SELECT of the UNION only.
+CANDLE_VIEW_SETTINGS = "optimize_move_to_prewhere = 0"
+
+
+def candle_view_query(name: str) -> str:
+    """The hot part of the ``ohlcv_<name>`` view as created since migration 9: ``candle_view_select`` and
+    ``CANDLE_VIEW_SETTINGS``."""
+    return f"{candle_view_select(name)}\nSETTINGS {CANDLE_VIEW_SETTINGS}"
 
 
 def candle_view_select(name: str) -> str:
@@ -351,6 +369,20 @@ V8: list[str] = [
     MODIFY COLUMN ingest_seq UInt64 DEFAULT 0 CODEC(Delta, LZ4)""",
 ]
 
+
+def _v9_candle_views_without_prewhere(execute, query) -> None:
+    """Migration 9: the candle views again, their hot part with CANDLE_VIEW_SETTINGS. Through the cold tier's
+    ``install_views``, so a view that also reads the cold tier (after hot retention) keeps that part. (Imported here:
+    the cold tier's module imports this one.)"""
+    from types import SimpleNamespace
+
+    from k2.cold.tiers import install_views
+
+    install_views(SimpleNamespace(execute=execute, query_arrow=query))
+
+
+V9: list = [_v9_candle_views_without_prewhere]
+
 #: version -> (description, statements). Append only. A statement is SQL, or a function of (execute, query) for a
 #: step that has to look at the store first.
 MIGRATIONS: dict[int, tuple[str, list[str]]] = {
@@ -362,15 +394,16 @@ MIGRATIONS: dict[int, tuple[str, list[str]]] = {
     6: ("candle open/close states keyed on (time, trade id) packed into a UInt128 (2x cheaper than a tuple)", V6),
     7: ("raw frame parts stop merging at 64 MiB (an append-only log gains nothing from rewrites)", V7),
     8: ("LZ4 on the hot trades and raw frames (ClickHouse's default codec; the cold tier keeps zstd)", V8),
+    9: ("candle views read their stores without PREWHERE (key filters only; saves planning on every read)", V9),
 }
 
-#: The schema at version BASELINE_VERSION, created in one go on a new store. Replaying the eight migrations on an
+#: The schema at version BASELINE_VERSION, created in one go on a new store. Replaying the migrations on an
 #: empty store is slow (migration 6 drops and re-creates the candle tables migration 1 has just created), and every
 #: new store pays it: each `k2 replay` into a fresh directory, most tests. Opening a new store took ~980 ms with the
-#: chain and ~700 ms with these 26 statements (~6 ms each). When a migration is added, the chain runs on new stores
+#: chain of eight and ~700 ms with these 26 statements (~6 ms each). When a migration is added, the chain runs on new stores
 #: too until the baseline is brought up to it: tests/hot/test_migrations.py checks that the baseline is at the latest
 #: version and creates exactly what the chain creates.
-BASELINE_VERSION = 8
+BASELINE_VERSION = 9
 BASELINE: list[str] = [
     # the settings in the order migration 7 left them (index_granularity first)
     f"""CREATE TABLE IF NOT EXISTS raw_frames (
@@ -389,7 +422,7 @@ SETTINGS index_granularity = 8192, max_bytes_to_merge_at_max_space_in_pool = 671
     *[_candle_store(name, ORDER_KEY_TYPE) for name, _, _ in TIMEFRAMES],
     *[_candle_mv(name, interval, ORDER_KEY) for name, interval, _ in TIMEFRAMES],
     f"CREATE VIEW IF NOT EXISTS trades AS\n{trades_view_select()}",
-    *[_candle_view(name) for name, _, _ in TIMEFRAMES],
+    *[_candle_view(name, candle_view_query) for name, _, _ in TIMEFRAMES],
     DEAD_LETTERS_VIEW,
     *V2,
     *V4,
