@@ -54,7 +54,7 @@ def test_daily_vwap_from_trades_reads_the_projection(store):
 
 def test_candle_views_read_their_stores_without_prewhere_and_trades_keeps_it(store):
     # Only key filters ever reach a candle store, and the primary index answers those; deciding PREWHERE anyway
-    # cost 0.5-1.6 ms of planning per read (RESULTS.md section 3). `trades` filters on ts and price, not its key.
+    # cost 0.6-2.4 ms per read (RESULTS.md section 3). `trades` filters on ts and price, not its key.
     trades = [
         Trade("kraken", "BTC-USD", "BTC/USD", i, Decimal(100 + i), Decimal("0.5"), "buy", T0 + i * 90_000_000, T0)
         for i in range(1, 200)

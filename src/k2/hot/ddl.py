@@ -116,8 +116,8 @@ def _candle_view(name: str, select=None) -> str:
 #: filter first and the other columns only for the rows that pass. A candle view passes down to its store only
 #: filters on the store's sort key (exchange, symbol, bucket): conditions on open, volume and the rest apply to
 #: aggregates, above the GROUP BY. The primary index already narrows key filters to a few 256-row granules, so
-#: PREWHERE saves no read there, and deciding it cost the planner 0.5-1.6 ms on every read (a day of 1m candles,
-#: alternating blocks on one store: 11.98 -> 9.56 ms inside the engine, 13.88 -> 11.22 ms wall; benchmarks/RESULTS.md
+#: PREWHERE saves no read there, and deciding it cost the planner 0.7-1.6 ms on every read (a day of 1m candles,
+#: alternating blocks on one store: 0.6 ms of wall time in a fast hour, 2.4 ms in a slow one; benchmarks/RESULTS.md
 #: section 3). The ``trades`` view keeps PREWHERE: its usual filters (ts, price) are not key columns. In a view that
 #: also reads the cold tier, the SETTINGS clause applies to the hot SELECT of the UNION only.
 CANDLE_VIEW_SETTINGS = "optimize_move_to_prewhere = 0"
