@@ -7,6 +7,7 @@ from decimal import Context, Decimal, localcontext
 
 import pyarrow.compute as pc
 
+from k2.hot.ddl import TIMEFRAMES
 from k2.model.trade import Trade
 from tests.hot.test_candles_property import to_table
 
@@ -65,12 +66,12 @@ def test_candle_views_read_their_stores_without_prewhere_and_trades_keeps_it(sto
         return store.query_text("EXPLAIN actions = 1 " + sql, "TSV")
 
     day = f"toDateTime({T0 // 1_000_000}, 'UTC')"
-    for tf in ("1m", "5m", "15m", "30m", "1h", "1d"):
+    for tf, _, _ in TIMEFRAMES:
         sql = f"SELECT * FROM ohlcv_{tf} WHERE exchange = 'kraken' AND symbol = 'BTC-USD' AND bucket >= {day}"
         text = plan(sql)
         assert f"ohlcv_{tf}_store" in text and "Prewhere" not in text, tf
     assert "Prewhere" in plan(f"SELECT trade_id FROM trades WHERE ts >= {day} + 3600 AND price > 150")
-    # the same candles as the plain aggregation of the store, read the way PREWHERE would have read it
+    # and the candles read this way are the trades' candles
     got = store.query_arrow(
         "SELECT bucket, open, high, low, close, volume, trade_count FROM ohlcv_1h ORDER BY bucket"
     ).to_pylist()

@@ -107,11 +107,6 @@ FROM ohlcv_1m_store
 GROUP BY exchange, symbol, bucket"""
 
 
-def _candle_view(name: str, select=None) -> str:
-    """The ``ohlcv_<name>`` view over ``select(name)``: migration 1 released it over ``candle_view_select``."""
-    return f"CREATE VIEW IF NOT EXISTS ohlcv_{name} AS\n{(select or candle_view_select)(name)}"
-
-
 #: Settings of the hot part of every candle view (since migration 9). PREWHERE reads the columns of a query's
 #: filter first and the other columns only for the rows that pass. A candle view passes down to its store only
 #: filters on the store's sort key (exchange, symbol, bucket): conditions on open, volume and the rest apply to
@@ -144,6 +139,11 @@ def candle_view_select(name: str) -> str:
     sum(s.trade_count) AS trade_count
 FROM ohlcv_{name}_store AS s
 GROUP BY exchange, symbol, bucket"""
+
+
+def _candle_view(name: str, select=candle_view_select) -> str:
+    """The ``ohlcv_<name>`` view over ``select(name)``: migration 1 released it over ``candle_view_select``."""
+    return f"CREATE VIEW IF NOT EXISTS ohlcv_{name} AS\n{select(name)}"
 
 
 def trades_view_select() -> str:
